@@ -1,0 +1,63 @@
+"""evaluate: score the deployable model on the held-out test split and write every report.
+
+Reads params: evaluate.batch_size, evaluate.top_k.
+Writes: reports/metrics.json, reports/evaluate/ (per-class figures, classification report, confusion
+records, confusion matrix PNG, predictions CSV)
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this file as a script.
+
+from transfer.datasets import image_dataset, read_classes, read_split
+from transfer.errors import DataError, run_stage
+from transfer.io import write_csv, write_json, write_text
+from transfer.layout import EVALUATE_REPORTS, MODEL, RAW, SPLITS, TEST_METRICS
+from transfer.models import input_size, load_model
+from transfer.params import EvaluateParams, Params, read_evaluate
+from transfer.reports import (
+    classification_report,
+    confusion_records,
+    per_class_metrics,
+    plot_confusion_matrix,
+    prediction_rows,
+    test_metrics,
+)
+
+log = logging.getLogger("evaluate")
+
+
+def parse_params(params: Params) -> EvaluateParams:
+    return read_evaluate(params)
+
+
+def main() -> None:
+    settings = parse_params(Params.load())
+    model, classes = load_model(MODEL)
+    if classes != read_classes(SPLITS):
+        raise DataError(f"{MODEL} was trained on other classes than {SPLITS}; re-run the pipeline")
+    paths, labels = read_split(SPLITS, "test", RAW, classes)
+    if not paths:
+        raise DataError("the test split is empty (split.test is 0); there is nothing to evaluate")
+    # One pass in file order: the labels come from the same CSV, so they cannot fall out of step.
+    probabilities = model.predict(image_dataset(paths, input_size(model), settings.batch_size), verbose=0)
+    predicted = probabilities.argmax(axis=1)
+
+    metrics = test_metrics(labels, probabilities, settings.top_k)
+    write_json(TEST_METRICS, metrics)
+    write_json(EVALUATE_REPORTS / "per_class.json", per_class_metrics(labels, predicted, classes))
+    text, as_dict = classification_report(labels, predicted, classes)
+    write_text(EVALUATE_REPORTS / "classification_report.txt", text)
+    write_json(EVALUATE_REPORTS / "classification_report.json", as_dict)
+    write_json(EVALUATE_REPORTS / "confusion.json", confusion_records(labels, predicted, classes))
+    plot_confusion_matrix(labels, predicted, classes, EVALUATE_REPORTS / "confusion_matrix.png")
+    relative = [Path(path).relative_to(RAW).as_posix() for path in paths]
+    write_csv(EVALUATE_REPORTS / "predictions.csv", *prediction_rows(relative, labels, probabilities, classes))
+    log.info("evaluate: test accuracy %.4f, top-%d %.4f, macro F1 %.4f on %d images", metrics["accuracy"],
+             metrics["top_k"], metrics["top_k_accuracy"], metrics["macro_f1"], len(paths))
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,39 @@
+"""extract-features: run the frozen backbone once over every split and cache its pooled features.
+
+Reads params: backbone, weights, image_size, features.batch_size, features.dtype.
+Writes: data/features/ ({split}_features.npy, {split}_labels.npy, meta.json)
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this file as a script.
+
+from transfer.backbones import BackboneChoice, build_feature_extractor, resolve
+from transfer.datasets import SPLITS as SPLIT_NAMES, read_classes, read_split
+from transfer.errors import run_stage
+from transfer.features import extract_features
+from transfer.layout import FEATURES, RAW, SPLITS
+from transfer.params import FeatureParams, Params, read_backbone, read_features
+
+
+def parse_params(params: Params) -> tuple[BackboneChoice, FeatureParams]:
+    return resolve(read_backbone(params), params.source), read_features(params)
+
+
+def main() -> None:
+    choice, features = parse_params(Params.load())
+    classes = read_classes(SPLITS)
+    splits = {split: read_split(SPLITS, split, RAW, classes) for split in SPLIT_NAMES}
+    extractor = build_feature_extractor(choice)
+    meta = {
+        "backbone": choice.spec.name,
+        "weights": choice.weights if choice.weights in ("imagenet", None) else Path(choice.weights).name,
+        "image_size": list(choice.image_size),
+        "classes": classes,
+    }
+    extract_features(extractor, choice.image_size, splits, FEATURES, features.batch_size, features.dtype, meta)
+
+
+if __name__ == "__main__":
+    run_stage(main)

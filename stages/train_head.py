@@ -1,0 +1,68 @@
+"""train-head: train the classifier head on the cached bottleneck features (seconds, not minutes).
+
+Reads params: seed, head.*.
+Writes: models/head.keras (+ classes), reports/head/{history.csv,metrics.json,curves.png}
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this file as a script.
+
+import numpy as np
+
+from transfer.errors import run_stage
+from transfer.features import FeatureStore
+from transfer.heads import build_head
+from transfer.io import write_json
+from transfer.layout import CURVES, FEATURES, HEAD_MODEL, HEAD_REPORTS, HISTORY, STAGE_METRICS
+from transfer.models import save_model
+from transfer.params import HeadParams, Params, read_head
+from transfer.reports import plot_history
+from transfer.training import (
+    best_epoch,
+    class_weights,
+    compile_for_training,
+    fit,
+    set_determinism,
+    write_history,
+)
+
+
+def parse_params(params: Params) -> tuple[int, HeadParams]:
+    return params.int("seed"), read_head(params)
+
+
+def as_training_arrays(store: FeatureStore, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features as float32, one-hot targets, and the integer labels of one split."""
+    features, labels = store.load(split)
+    return np.asarray(features, dtype=np.float32), np.eye(len(store.classes), dtype=np.float32)[labels], labels
+
+
+def main() -> None:
+    seed, head = parse_params(Params.load())
+    set_determinism(seed)
+    store = FeatureStore(FEATURES)
+    x_train, y_train, train_labels = as_training_arrays(store, "train")
+    x_val, y_val, _ = as_training_arrays(store, "val")
+    validation = (x_val, y_val) if len(x_val) else None
+
+    model = build_head(x_train.shape[1], len(store.classes), head.hidden, head.dropout, head.batchnorm)
+    compile_for_training(model, head.training.lr, head.training.label_smoothing)
+    weights = class_weights(train_labels, len(store.classes), head.training.class_weight)
+    rows = fit(model, (x_train, y_train), validation, head.training, weights)
+
+    save_model(model, HEAD_MODEL, store.classes)
+    write_history(HEAD_REPORTS / HISTORY, rows)
+    plot_history(rows, HEAD_REPORTS / CURVES, f"Head on cached {store.meta['backbone']} features")
+    scored = model.evaluate(*(validation or (x_train, y_train)), verbose=0, return_dict=True)
+    write_json(HEAD_REPORTS / STAGE_METRICS, {
+        "val_accuracy": scored["accuracy"],
+        "val_loss": scored["loss"],
+        "best_epoch": best_epoch(rows),
+        "epochs_run": len(rows),
+    })
+
+
+if __name__ == "__main__":
+    run_stage(main)

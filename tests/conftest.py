@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import REPO, make_shapes_dataset
+
+
+@pytest.fixture(scope="session")
+def default_params() -> dict:
+    """The repository's own params.yaml, parsed."""
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+@pytest.fixture
+def params_tree(default_params) -> dict:
+    """A copy of params.yaml that a test may change."""
+    return copy.deepcopy(default_params)
+
+
+@pytest.fixture(scope="session")
+def shapes_folder(tmp_path_factory) -> Path:
+    """Three classes of coloured shapes, 20 images each (read-only: copy before changing)."""
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes") / "shapes")

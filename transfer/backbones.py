@@ -1,0 +1,224 @@
+"""The backbone registry: the one place that knows each backbone's constructor, input size and preprocessing.
+
+Preprocessing is built from stock Keras layers and placed inside the model, so a saved model takes raw
+RGB pixels in [0, 255] and loads with nothing but Keras. Getting it wrong costs 10-30 points of accuracy
+without any error, so each family's layers are tested against Keras' own ``preprocess_input``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from transfer.errors import ParamError
+from transfer.params import BackboneParams
+
+# What each family's preprocess_input does (keras.applications.imagenet_utils):
+#   caffe: RGB -> BGR, then subtract the ImageNet mean per channel (VGG, ResNet v1);
+#   tf:    scale to [-1, 1] (Inception, Xception, MobileNet v1/v2, ResNet v2, NASNet);
+#   torch: scale to [0, 1], then standardise with the ImageNet mean and std (DenseNet);
+#   none:  the model rescales raw [0, 255] pixels itself (EfficientNet, EfficientNetV2, ConvNeXt, MobileNetV3).
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
+TORCH_STD_RGB = (0.229, 0.224, 0.225)
+PREPROCESSING = ("caffe", "tf", "torch", "none")
+
+BACKBONE_LAYER = "backbone"
+BACKBONE_INIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One registry entry.
+
+    Attributes:
+        name: what users write in ``params.yaml``.
+        constructor: the ``keras.applications`` function that builds it.
+        module: the ``keras.applications`` submodule whose ``preprocess_input`` it expects.
+        preprocessing: one of :data:`PREPROCESSING`.
+        native_size: the input side it was trained at on ImageNet.
+        min_size: the smallest input side Keras accepts.
+        alpha: the width multiplier of MobileNets, else None.
+    """
+
+    name: str
+    constructor: str
+    module: str
+    preprocessing: str
+    native_size: int
+    min_size: int = 32
+    alpha: float | None = None
+
+
+def _entries() -> list[Backbone]:
+    entries = [
+        Backbone("vgg16", "VGG16", "vgg16", "caffe", 224),
+        Backbone("vgg19", "VGG19", "vgg19", "caffe", 224),
+        Backbone("resnet50", "ResNet50", "resnet", "caffe", 224),
+        Backbone("resnet101", "ResNet101", "resnet", "caffe", 224),
+        Backbone("resnet152", "ResNet152", "resnet", "caffe", 224),
+        Backbone("resnet50v2", "ResNet50V2", "resnet_v2", "tf", 224),
+        Backbone("resnet101v2", "ResNet101V2", "resnet_v2", "tf", 224),
+        Backbone("resnet152v2", "ResNet152V2", "resnet_v2", "tf", 224),
+        Backbone("inceptionv3", "InceptionV3", "inception_v3", "tf", 299, min_size=75),
+        Backbone("inceptionresnetv2", "InceptionResNetV2", "inception_resnet_v2", "tf", 299, min_size=75),
+        Backbone("xception", "Xception", "xception", "tf", 299, min_size=71),
+        Backbone("nasnetmobile", "NASNetMobile", "nasnet", "tf", 224),
+        Backbone("densenet121", "DenseNet121", "densenet", "torch", 224),
+        Backbone("densenet169", "DenseNet169", "densenet", "torch", 224),
+        Backbone("densenet201", "DenseNet201", "densenet", "torch", 224),
+        Backbone("convnext_tiny", "ConvNeXtTiny", "convnext", "none", 224),
+        Backbone("convnext_small", "ConvNeXtSmall", "convnext", "none", 224),
+        Backbone("convnext_base", "ConvNeXtBase", "convnext", "none", 224),
+    ]
+    efficientnet_sizes = (224, 240, 260, 300, 380, 456, 528, 600)
+    entries += [
+        Backbone(f"efficientnetb{i}", f"EfficientNetB{i}", "efficientnet", "none", size)
+        for i, size in enumerate(efficientnet_sizes)
+    ]
+    entries += [
+        Backbone(f"efficientnetv2b{i}", f"EfficientNetV2B{i}", "efficientnet_v2", "none", size)
+        for i, size in enumerate(efficientnet_sizes[:4])
+    ]
+    # MobileNets come in widths; the plain name is width 1.0, the others carry it as a suffix.
+    widths = {
+        ("mobilenet", "MobileNet", "mobilenet", "tf"): (0.25, 0.5, 0.75, 1.0),
+        ("mobilenetv2", "MobileNetV2", "mobilenet_v2", "tf"): (0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
+        ("mobilenetv3small", "MobileNetV3Small", "mobilenet_v3", "none"): (0.75, 1.0),
+        ("mobilenetv3large", "MobileNetV3Large", "mobilenet_v3", "none"): (0.75, 1.0),
+    }
+    for (name, constructor, module, preprocessing), alphas in widths.items():
+        for alpha in alphas:
+            entry_name = name if alpha == 1.0 else f"{name}_{alpha:g}"
+            entries.append(Backbone(entry_name, constructor, module, preprocessing, 224, alpha=alpha))
+    return entries
+
+
+REGISTRY: dict[str, Backbone] = {entry.name: entry for entry in _entries()}
+
+
+@dataclass(frozen=True)
+class BackboneChoice:
+    """A validated backbone, weights and input size, ready to build.
+
+    Attributes:
+        spec: the registry entry.
+        weights: ``"imagenet"``, None for random initialisation, or an absolute path to a weights file.
+        image_size: (height, width) the backbone runs at.
+    """
+
+    spec: Backbone
+    weights: str | None
+    image_size: tuple[int, int]
+
+
+def resolve(params: BackboneParams, source: str = "params.yaml") -> BackboneChoice:
+    """Check a backbone, weights and size against the registry.
+
+    Raises:
+        ParamError: an unknown backbone (listing the valid ones), a missing weights file, or a size below
+            the backbone's minimum.
+    """
+    spec = REGISTRY.get(params.name)
+    if spec is None:
+        raise ParamError(
+            f"{source}: backbone = {params.name!r} is invalid: expected one of {', '.join(sorted(REGISTRY))}"
+        )
+    weights: str | None
+    if params.weights.lower() == "imagenet":
+        weights = "imagenet"
+    elif params.weights.lower() == "none":
+        weights = None
+    else:
+        path = Path(params.weights).expanduser()
+        if not path.is_absolute():
+            # Relative paths are relative to the repository root, also in DVC's temporary experiment copies.
+            path = Path(os.environ.get("DVC_ROOT", ".")) / path
+        if not path.is_file():
+            raise ParamError(
+                f"{source}: weights = {params.weights!r} is invalid: expected imagenet, none, "
+                f"or the path of an existing weights file (looked for {path.resolve()})"
+            )
+        weights = str(path.resolve())
+    size = params.image_size or (spec.native_size, spec.native_size)
+    if min(size) < spec.min_size:
+        raise ParamError(
+            f"{source}: image_size = {list(size)} is invalid: {spec.name} needs at least "
+            f"{spec.min_size}x{spec.min_size} (null gives its native {spec.native_size})"
+        )
+    return BackboneChoice(spec=spec, weights=weights, image_size=size)
+
+
+def build_backbone(choice: BackboneChoice):
+    """Build the headless backbone with global average pooling, named :data:`BACKBONE_LAYER`.
+
+    Returns:
+        A ``keras.Model`` from preprocessed images of ``choice.image_size`` to pooled features.
+    """
+    import keras
+
+    spec = choice.spec
+    kwargs = dict(
+        include_top=False,
+        weights=choice.weights,
+        input_shape=(*choice.image_size, 3),
+        pooling="avg",
+        name=BACKBONE_LAYER,
+    )
+    if spec.alpha is not None:
+        kwargs["alpha"] = spec.alpha
+    try:
+        return getattr(keras.applications, spec.constructor)(**kwargs)
+    except ValueError as error:
+        # Keras refuses some combinations itself (e.g. a MobileNet width that has no ImageNet weights).
+        raise ParamError(
+            f"backbone {spec.name} with weights={choice.weights} at image_size={list(choice.image_size)} "
+            f"cannot be built: {error}"
+        ) from None
+
+
+def preprocess(x, preprocessing: str):
+    """Apply a family's preprocessing to a symbolic image tensor with stock, frozen Keras layers."""
+    import keras
+    import numpy as np
+
+    if preprocessing == "tf":
+        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess_tf")(x)
+    if preprocessing == "torch":
+        x = keras.layers.Rescaling(1 / 255.0, name="preprocess_torch_scale")(x)
+        return keras.layers.Normalization(
+            mean=list(TORCH_MEAN_RGB),
+            variance=[s * s for s in TORCH_STD_RGB],
+            name="preprocess_torch_standardise",
+        )(x)
+    if preprocessing == "caffe":
+        # A frozen 1x1 convolution: its kernel swaps RGB to BGR and its bias subtracts the mean, exactly.
+        layer = keras.layers.Conv2D(3, 1, name="preprocess_caffe", trainable=False)
+        y = layer(x)
+        kernel = np.zeros((1, 1, 3, 3), dtype="float32")
+        for rgb in range(3):
+            kernel[0, 0, rgb, 2 - rgb] = 1.0
+        layer.set_weights([kernel, -np.asarray(CAFFE_MEAN_BGR, dtype="float32")])
+        return y
+    if preprocessing == "none":
+        return x
+    raise ValueError(f"unknown preprocessing {preprocessing!r}; expected one of {PREPROCESSING}")
+
+
+def build_feature_extractor(choice: BackboneChoice):
+    """Raw RGB images of any size in, pooled backbone features out.
+
+    Resizing and the backbone's own preprocessing are layers of the model, and the backbone runs with
+    ``training=False`` so that its BatchNormalization layers always use their ImageNet statistics.
+    Building reseeds the global random generators; seed the stage after it.
+    """
+    import keras
+
+    # With weights "none" the backbone is random: extract-features and fine-tune must draw the same one.
+    keras.utils.set_random_seed(BACKBONE_INIT_SEED)
+    inputs = keras.Input((None, None, 3), name="image")
+    x = keras.layers.Resizing(*choice.image_size, name="resize")(inputs)
+    x = preprocess(x, choice.spec.preprocessing)
+    features = build_backbone(choice)(x, training=False)
+    return keras.Model(inputs, features, name=f"{choice.spec.name}_features")

@@ -1,0 +1,226 @@
+"""Images on disk: scanning and validating ``data/raw``, the stratified split, and ``tf.data`` input pipelines.
+
+The class list is data: :func:`scan_images` decides it once, split writes it to ``classes.json``, and every
+later stage reads it from there, never from the folder names again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from transfer.errors import DataError
+from transfer.io import read_csv, read_json, write_csv, write_json
+from transfer.sources import is_hidden
+
+SPLITS = ("train", "val", "test")
+CLASSES_FILE = "classes.json"
+
+
+@dataclass
+class ImageScan:
+    """What :func:`scan_images` found under a raw folder.
+
+    Attributes:
+        classes: class names, in the order that defines the label indices.
+        images: (relative path, class name, content digest) of every usable image.
+        excluded: {"path", "reason"} for every file that is not used.
+    """
+
+    classes: list[str]
+    images: list[tuple[str, str, str]] = field(default_factory=list)
+    excluded: list[dict[str, str]] = field(default_factory=list)
+
+
+def decode_problem(data: bytes) -> str | None:
+    """Why these bytes cannot be used as an image by the pipeline's own decoder, or None if they can."""
+    import tensorflow as tf
+
+    if not data:
+        return "empty file"
+    try:
+        tf.io.decode_image(data, channels=3, expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
+        return f"cannot be decoded as an image: {error.message.splitlines()[0]}"
+    return None
+
+
+def _inspect(path: Path) -> tuple[str | None, str]:
+    data = path.read_bytes()
+    return decode_problem(data), hashlib.sha256(data).hexdigest()
+
+
+def scan_images(raw: Path, workers: int = 4) -> ImageScan:
+    """List and decode every file under ``raw/<class>/``; keep the images, record why others were dropped.
+
+    An image stored under two classes is ambiguous and dropped from both.
+    """
+    if not raw.is_dir():
+        raise DataError(f"{raw} does not exist; run the download stage first")
+    classes = sorted(child.name for child in raw.iterdir() if child.is_dir() and not is_hidden(child.name))
+    files = [
+        (path, name)
+        for name in classes
+        for path in sorted((raw / name).rglob("*"))
+        if path.is_file() and not any(is_hidden(part) for part in path.relative_to(raw).parts)
+    ]
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(lambda item: _inspect(item[0]), files))
+    scan = ImageScan(classes=classes)
+    labels_of_digest: dict[str, set[str]] = {}
+    for (path, name), (problem, digest) in zip(files, results):
+        relative = path.relative_to(raw).as_posix()
+        if problem:
+            scan.excluded.append({"path": relative, "reason": problem})
+        else:
+            scan.images.append((relative, name, digest))
+            labels_of_digest.setdefault(digest, set()).add(name)
+    ambiguous = {digest for digest, names in labels_of_digest.items() if len(names) > 1}
+    for relative, _, digest in [image for image in scan.images if image[2] in ambiguous]:
+        labels = ", ".join(sorted(labels_of_digest[digest]))
+        scan.excluded.append({"path": relative, "reason": f"the same image is labelled {labels}"})
+    scan.images = [image for image in scan.images if image[2] not in ambiguous]
+    empty = [name for name in classes if not any(image[1] == name for image in scan.images)]
+    if empty:
+        raise DataError(f"class folder(s) {', '.join(empty)} under {raw} hold no usable image")
+    if len(classes) < 2:
+        raise DataError(f"{raw} holds {len(classes)} class folder(s); a classifier needs at least two")
+    return scan
+
+
+def _count(fraction: float, total: int) -> int:
+    return 0 if fraction == 0 else max(1, round(fraction * total))
+
+
+def stratified_split(
+    images: list[tuple[str, str, str]], classes: list[str], val: float, test: float, seed: int
+) -> dict[str, list[tuple[str, str]]]:
+    """Split images per class into train/val/test with seeded, stable shuffles.
+
+    Identical images (same digest) always land in the same split, so nothing leaks between splits.
+    Each class is shuffled by its own generator, so adding a class does not reshuffle the others.
+
+    Returns:
+        {"train": [(path, class)], "val": [...], "test": [...]}, each sorted by path.
+    """
+    splits: dict[str, list[tuple[str, str]]] = {name: [] for name in SPLITS}
+    for name in classes:
+        groups: dict[str, list[str]] = {}
+        for path, label, digest in images:
+            if label == name:
+                groups.setdefault(digest, []).append(path)
+        ordered = sorted(groups.values())
+        total = sum(len(group) for group in ordered)
+        wanted = {"test": _count(test, total), "val": _count(val, total)}
+        needed = 1 + (wanted["test"] > 0) + (wanted["val"] > 0)
+        if len(ordered) < needed:
+            raise DataError(
+                f"class {name!r} has {len(ordered)} distinct image(s); split.val={val} and split.test={test} "
+                f"need at least {needed}"
+            )
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
+        order = [ordered[i] for i in rng.permutation(len(ordered))]
+        for split in ("test", "val"):
+            taken = 0
+            # Leave at least one group for each split still to fill: val (if wanted) and train.
+            reserve = 1 + (split == "test" and wanted["val"] > 0)
+            while taken < wanted[split] and len(order) > reserve:
+                group = order.pop()
+                splits[split].extend((path, name) for path in group)
+                taken += len(group)
+        splits["train"].extend((path, name) for group in order for path in group)
+    return {split: sorted(rows) for split, rows in splits.items()}
+
+
+def write_splits(folder: Path, splits: dict[str, list[tuple[str, str]]], classes: list[str]) -> None:
+    """Write ``<split>.csv`` (path,label) for each split and the class order to ``classes.json``."""
+    for split, rows in splits.items():
+        write_csv(folder / f"{split}.csv", ["path", "label"], rows)
+    write_json(folder / CLASSES_FILE, classes)
+
+
+def read_classes(folder: Path) -> list[str]:
+    path = folder / CLASSES_FILE
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; run the split stage first")
+    return read_json(path)
+
+
+def read_split(folder: Path, split: str, raw: Path, classes: list[str]) -> tuple[list[str], np.ndarray]:
+    """The image paths (joined onto ``raw``) and integer labels of one split, in file order."""
+    path = folder / f"{split}.csv"
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; run the split stage first")
+    index = {name: i for i, name in enumerate(classes)}
+    rows = read_csv(path)
+    unknown = sorted({row["label"] for row in rows} - index.keys())
+    if unknown:
+        raise DataError(f"{path} has labels {unknown} that are not in {CLASSES_FILE}")
+    paths = [str(raw / row["path"]) for row in rows]
+    return paths, np.asarray([index[row["label"]] for row in rows], dtype=np.int32)
+
+
+def load_image(path, image_size: tuple[int, int]):
+    """Read, decode (JPEG, PNG, GIF or BMP, whatever the extension) and resize one image to float32 RGB."""
+    import tensorflow as tf
+
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    # Same op and method as the model's own Resizing layer, so training and serving see the same pixels.
+    return tf.image.resize(image, image_size, method="bilinear")
+
+
+def image_dataset(
+    paths: list[str],
+    image_size: tuple[int, int],
+    batch_size: int,
+    labels: np.ndarray | None = None,
+    num_classes: int | None = None,
+    shuffle_seed: int | None = None,
+):
+    """A batched, prefetched ``tf.data`` pipeline over image files, decoded in parallel, in a fixed order.
+
+    Args:
+        paths: image files.
+        image_size: (height, width) to resize to.
+        batch_size: images per batch.
+        labels: integer labels to pair with the images, one-hot encoded to ``num_classes``; None for images only.
+        num_classes: the number of classes, needed with ``labels``.
+        shuffle_seed: shuffle every epoch with this seed; None keeps the file order (for features and scoring).
+    """
+    import tensorflow as tf
+
+    autotune = tf.data.AUTOTUNE
+    dataset = tf.data.Dataset.from_tensor_slices(paths)
+    if labels is not None:
+        one_hot = tf.one_hot(labels, num_classes)
+        dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.from_tensor_slices(one_hot)))
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
+    if labels is None:
+        dataset = dataset.map(lambda p: load_image(p, image_size), num_parallel_calls=autotune)
+    else:
+        dataset = dataset.map(lambda p, y: (load_image(p, image_size), y), num_parallel_calls=autotune)
+    return dataset.batch(batch_size).prefetch(autotune)
+
+
+def data_report(scan: ImageScan, splits: dict[str, list[tuple[str, str]]]) -> dict:
+    """What split found and did: counts per class and split, and every excluded file with its reason."""
+    counts = {
+        split: {name: sum(1 for _, label in rows if label == name) for name in scan.classes}
+        for split, rows in splits.items()
+    }
+    digests = [digest for _, _, digest in scan.images]
+    return {
+        "classes": scan.classes,
+        "images": len(scan.images),
+        "split_sizes": {split: len(rows) for split, rows in splits.items()},
+        "counts": counts,
+        "duplicate_images": len(digests) - len(set(digests)),
+        "excluded": scan.excluded,
+    }

@@ -1,0 +1,21 @@
+"""Where each stage reads and writes, relative to the repository root; ``dvc.yaml`` declares the same paths."""
+
+from pathlib import Path
+
+RAW = Path("data/raw")
+SPLITS = Path("data/splits")
+FEATURES = Path("data/features")
+HEAD_MODEL = Path("models/head.keras")
+MODEL = Path("models/model.keras")
+
+REPORTS = Path("reports")
+DATA_REPORT = REPORTS / "data.json"
+HEAD_REPORTS = REPORTS / "head"
+FINE_TUNE_REPORTS = REPORTS / "fine_tune"
+EVALUATE_REPORTS = REPORTS / "evaluate"
+TEST_METRICS = REPORTS / "metrics.json"
+
+# Each training stage leaves these three in its own report folder.
+HISTORY = "history.csv"
+STAGE_METRICS = "metrics.json"
+CURVES = "curves.png"

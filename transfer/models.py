@@ -1,0 +1,120 @@
+"""The deployable classifier: feature extractor + head, what fine-tuning unfreezes, and how it is saved.
+
+``models/model.keras`` takes raw RGB pixels and returns class probabilities; the class names are stored
+beside it in ``models/model.classes.json``. Loading needs nothing from this project but Keras.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transfer.backbones import BACKBONE_LAYER
+from transfer.errors import DataError, ParamError
+from transfer.heads import HEAD_LAYER
+from transfer.io import atomic_path, read_json, write_json
+
+CLASSES_SUFFIX = ".classes.json"
+
+
+def assemble_classifier(extractor, head):
+    """Join a feature extractor and a head into one model from raw images to probabilities."""
+    import keras
+
+    return keras.Model(extractor.input, head(extractor.output), name="classifier")
+
+
+def backbone_of(model):
+    """The nested ``keras.applications`` backbone of an extractor or classifier."""
+    return model.get_layer(BACKBONE_LAYER)
+
+
+def unfreeze_top(model, unfreeze: int | str) -> list[str]:
+    """Make the top of the backbone trainable, keeping every BatchNormalization layer of the model frozen.
+
+    Everything outside the backbone (the head) stays trainable, except BatchNormalization: a frozen BN layer
+    runs in inference mode in Keras 3, so the ImageNet statistics survive small fine-tuning batches.
+    Recompile the model after calling this.
+
+    Args:
+        model: a classifier from :func:`assemble_classifier`.
+        unfreeze: the number of top backbone layers to train, or the name of the first layer to train.
+
+    Returns:
+        The names of the backbone layers left trainable.
+
+    Raises:
+        ParamError: ``unfreeze`` is more layers than the backbone has, or names no layer of it.
+    """
+    import keras
+
+    backbone = backbone_of(model)
+    layers = [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
+    if isinstance(unfreeze, str):
+        names = [layer.name for layer in layers]
+        if unfreeze not in names:
+            examples = ", ".join(names[-12::3])
+            raise ParamError(
+                f"fine_tune.unfreeze = {unfreeze!r} is invalid: expected a number of layers (0 to {len(layers)}) "
+                f"or a layer name of this backbone, such as {examples}"
+            )
+        start = names.index(unfreeze)
+    else:
+        if unfreeze > len(layers):
+            raise ParamError(
+                f"fine_tune.unfreeze = {unfreeze} is invalid: this backbone has {len(layers)} layers"
+            )
+        start = len(layers) - unfreeze
+    # Not model.trainable = True: that would also unfreeze the fixed preprocessing layers.
+    backbone.trainable = True
+    for index, layer in enumerate(layers):
+        layer.trainable = index >= start
+    model.get_layer(HEAD_LAYER).trainable = True
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    return [layer.name for layer in layers[start:] if layer.trainable]
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
+def input_size(model) -> tuple[int, int]:
+    """The (height, width) a classifier resizes its input to, read from its ``resize`` layer."""
+    resize = model.get_layer("resize")
+    return int(resize.height), int(resize.width)
+
+
+def classes_path(model_path: Path) -> Path:
+    """Where the class names of a saved model live: ``model.keras`` -> ``model.classes.json``."""
+    return model_path.with_name(model_path.stem + CLASSES_SUFFIX)
+
+
+def save_model(model, path: Path, classes: list[str]) -> None:
+    """Save a model's architecture and weights (no optimizer state) and its class names, each whole or not at all."""
+    import keras
+
+    # A copy rebuilt from the model's config has never been compiled, so the file carries no optimizer
+    # slots (which would triple the size of a fine-tuned model) and loads without warnings.
+    bare = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+    bare.set_weights(model.get_weights())
+    with atomic_path(path) as temporary:
+        bare.save(temporary)
+    write_json(classes_path(path), classes)
+
+
+def load_model(path: Path):
+    """Load a saved model and its class names.
+
+    Returns:
+        (model, class names).
+    """
+    import keras
+
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; run the stage that trains it first")
+    model = keras.saving.load_model(path, compile=False)
+    return model, read_json(classes_path(path))

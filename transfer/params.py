@@ -1,0 +1,270 @@
+"""Reading and validating ``params.yaml``: the one place that knows its keys, types and ranges.
+
+Each stage builds a :class:`Params` once and passes it to the ``read_*`` functions below, which return
+plain frozen dataclasses. :class:`Params` remembers every dotted key it handed out, which is how a test
+proves that each stage reads exactly the params ``dvc.yaml`` declares for it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from transfer.errors import ParamError
+
+PARAMS_FILE = "params.yaml"
+CLASS_WEIGHTS = ("balanced", "none")
+FEATURE_DTYPES = ("float16", "float32")
+
+_MISSING = object()
+
+
+class Params:
+    """A read-only view of the params tree that validates each value as it is read.
+
+    Args:
+        tree: the parsed YAML mapping.
+        source: where it came from, named in error messages.
+    """
+
+    def __init__(self, tree: dict[str, Any], source: str = PARAMS_FILE):
+        if not isinstance(tree, dict):
+            raise ParamError(f"{source}: expected a mapping of params at the top level")
+        self._tree = tree
+        self.source = source
+        self.keys_read: set[str] = set()
+
+    @classmethod
+    def load(cls, path: str | Path = PARAMS_FILE) -> "Params":
+        """Parse a params file; a missing or malformed file is a :class:`ParamError`."""
+        path = Path(path)
+        try:
+            tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ParamError(f"{path}: no such params file (run the stages from the repository root)") from None
+        except yaml.YAMLError as error:
+            raise ParamError(f"{path}: not valid YAML: {error}") from None
+        return cls(tree or {}, source=str(path))
+
+    def value(self, key: str) -> Any:
+        """The raw leaf value at a dotted key."""
+        node: Any = self._tree
+        for part in key.split("."):
+            node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+            if node is _MISSING:
+                raise ParamError(f"{self.source}: missing key '{key}'")
+        if isinstance(node, dict):
+            raise ParamError(f"{self.source}: '{key}' is a section; read its keys one by one")
+        self.keys_read.add(key)
+        return node
+
+    def fail(self, key: str, value: Any, expected: str) -> ParamError:
+        """The error for a bad value: names the key, the value and what is allowed."""
+        return ParamError(f"{self.source}: {key} = {value!r} is invalid: expected {expected}")
+
+    def int(self, key: str, minimum: int | None = None) -> int:
+        value = self.value(key)
+        if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+            raise self.fail(key, value, "an integer" + (f" >= {minimum}" if minimum is not None else ""))
+        return value
+
+    def number(self, key: str, low: float, high: float, high_open: bool = False) -> float:
+        """A number in [low, high], or [low, high) when ``high_open``."""
+        value = self.value(key)
+        valid = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not valid or value < low or value > high or (high_open and value == high):
+            raise self.fail(key, value, f"a number in [{low}, {high}{')' if high_open else ']'}")
+        return float(value)
+
+    def positive(self, key: str) -> float:
+        value = self.value(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise self.fail(key, value, "a positive number")
+        return float(value)
+
+    def bool(self, key: str) -> bool:
+        value = self.value(key)
+        if not isinstance(value, bool):
+            raise self.fail(key, value, "true or false")
+        return value
+
+    def choice(self, key: str, choices: Sequence[str]) -> str:
+        value = self.value(key)
+        if value not in choices:
+            raise self.fail(key, value, "one of " + ", ".join(choices))
+        return value
+
+    def text(self, key: str, optional: bool = False) -> str | None:
+        value = self.value(key)
+        if value is None and optional:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, value, "a non-empty string" + (" or null" if optional else ""))
+        return value
+
+    def int_list(self, key: str, minimum: int) -> tuple[int, ...]:
+        value = self.value(key)
+        if not isinstance(value, list) or any(
+            isinstance(item, bool) or not isinstance(item, int) or item < minimum for item in value
+        ):
+            raise self.fail(key, value, f"a list of integers >= {minimum}, such as [128] or []")
+        return tuple(value)
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: str
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    val: float
+    test: float
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    batch_size: int
+    dtype: str
+
+
+@dataclass(frozen=True)
+class TrainingParams:
+    """What fitting a model needs, shared by the head and fine-tune stages."""
+
+    lr: float
+    epochs: int
+    batch_size: int
+    patience: int
+    label_smoothing: float
+    class_weight: str
+
+
+@dataclass(frozen=True)
+class HeadParams:
+    hidden: tuple[int, ...]
+    dropout: float
+    batchnorm: bool
+    training: TrainingParams
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    flip: bool
+    rotation: float
+    zoom: float
+
+
+@dataclass(frozen=True)
+class FineTuneParams:
+    unfreeze: int | str
+    augment: AugmentParams
+    training: TrainingParams
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    batch_size: int
+    top_k: int
+
+
+def read_data(params: Params) -> DataParams:
+    sha256 = params.text("data.sha256", optional=True)
+    if sha256 is not None and (len(sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha256)):
+        raise params.fail("data.sha256", sha256, "64 hexadecimal digits or null")
+    return DataParams(source=params.text("data.source"), sha256=sha256 and sha256.lower())
+
+
+def read_split(params: Params) -> SplitParams:
+    val = params.number("split.val", 0.0, 1.0, high_open=True)
+    test = params.number("split.test", 0.0, 1.0, high_open=True)
+    if val + test >= 1.0:
+        raise params.fail("split.test", test, f"split.val + split.test below 1 (split.val is {val})")
+    return SplitParams(val=val, test=test)
+
+
+def read_features(params: Params) -> FeatureParams:
+    return FeatureParams(
+        batch_size=params.int("features.batch_size", minimum=1),
+        dtype=params.choice("features.dtype", FEATURE_DTYPES),
+    )
+
+
+def read_training(params: Params, section: str, min_epochs: int) -> TrainingParams:
+    """The fitting params common to ``head`` and ``fine_tune``."""
+    return TrainingParams(
+        lr=params.positive(f"{section}.lr"),
+        epochs=params.int(f"{section}.epochs", minimum=min_epochs),
+        batch_size=params.int(f"{section}.batch_size", minimum=1),
+        patience=params.int(f"{section}.patience", minimum=0),
+        label_smoothing=params.number(f"{section}.label_smoothing", 0.0, 1.0, high_open=True),
+        class_weight=params.choice(f"{section}.class_weight", CLASS_WEIGHTS),
+    )
+
+
+def read_head(params: Params) -> HeadParams:
+    return HeadParams(
+        hidden=params.int_list("head.hidden", minimum=1),
+        dropout=params.number("head.dropout", 0.0, 1.0, high_open=True),
+        batchnorm=params.bool("head.batchnorm"),
+        training=read_training(params, "head", min_epochs=1),
+    )
+
+
+def read_fine_tune(params: Params) -> FineTuneParams:
+    unfreeze = params.value("fine_tune.unfreeze")
+    if isinstance(unfreeze, bool) or not isinstance(unfreeze, (int, str)) or (
+        isinstance(unfreeze, int) and unfreeze < 0
+    ):
+        raise params.fail("fine_tune.unfreeze", unfreeze, "a number of top layers >= 0, or a layer name")
+    augment = AugmentParams(
+        flip=params.bool("fine_tune.augment.flip"),
+        rotation=params.number("fine_tune.augment.rotation", 0.0, 0.5),
+        zoom=params.number("fine_tune.augment.zoom", 0.0, 0.9),
+    )
+    return FineTuneParams(
+        unfreeze=unfreeze, augment=augment, training=read_training(params, "fine_tune", min_epochs=0)
+    )
+
+
+def read_evaluate(params: Params) -> EvaluateParams:
+    return EvaluateParams(
+        batch_size=params.int("evaluate.batch_size", minimum=1),
+        top_k=params.int("evaluate.top_k", minimum=1),
+    )
+
+
+@dataclass(frozen=True)
+class BackboneParams:
+    """The top-level ``backbone``, ``weights`` and ``image_size``, checked for type only.
+
+    The registry in :mod:`transfer.backbones` checks them against what each backbone accepts.
+    """
+
+    name: str
+    weights: str
+    image_size: tuple[int, int] | None
+
+
+def read_backbone(params: Params) -> BackboneParams:
+    size = params.value("image_size")
+    if size is not None:
+        if isinstance(size, int) and not isinstance(size, bool):
+            size = [size, size]
+        if not (
+            isinstance(size, list)
+            and len(size) == 2
+            and all(isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in size)
+        ):
+            raise params.fail("image_size", params.value("image_size"), "null, a positive integer, or [height, width]")
+        size = (size[0], size[1])
+    return BackboneParams(
+        name=params.text("backbone").strip().lower(),
+        weights=params.text("weights").strip(),
+        image_size=size,
+    )

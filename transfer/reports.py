@@ -1,0 +1,152 @@
+"""Scoring predictions and drawing the figures every run leaves behind.
+
+Figures are drawn headless (Agg), one PNG per concern, with titles, axis labels and class names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from transfer.io import atomic_path
+
+PROBABILITY_EPSILON = 1e-7  # Keras' epsilon: a probability of 0 costs -log(1e-7), not infinity.
+
+
+def test_metrics(labels: np.ndarray, probabilities: np.ndarray, top_k: int) -> dict[str, float]:
+    """The headline figures for a split, as a flat dict for ``reports/metrics.json``.
+
+    Args:
+        labels: [N] true class indices.
+        probabilities: [N, C] predicted class probabilities.
+        top_k: k for top-k accuracy, capped at the number of classes.
+    """
+    from sklearn.metrics import precision_recall_fscore_support
+
+    num_classes = probabilities.shape[1]
+    k = min(top_k, num_classes)
+    predicted = probabilities.argmax(axis=1)
+    true_probability = np.clip(probabilities[np.arange(len(labels)), labels], PROBABILITY_EPSILON, 1.0)
+    # Stable sort on negated scores: among tied scores the lower class index ranks first, like argmax.
+    top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        labels, predicted, labels=range(num_classes), average="macro", zero_division=0
+    )
+    return {
+        "accuracy": float(np.mean(predicted == labels)),
+        "loss": float(np.mean(-np.log(true_probability))),
+        "top_k_accuracy": float(np.mean((top == labels[:, None]).any(axis=1))),
+        "top_k": k,
+        "macro_precision": float(precision),
+        "macro_recall": float(recall),
+        "macro_f1": float(f1),
+        "images": int(len(labels)),
+    }
+
+
+def per_class_metrics(labels: np.ndarray, predicted: np.ndarray, classes: Sequence[str]) -> dict[str, dict]:
+    """Precision, recall, F1 and support of each class, keyed by class name."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=range(len(classes)), zero_division=0
+    )
+    return {
+        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for name, p, r, f, s in zip(classes, precision, recall, f1, support)
+    }
+
+
+def classification_report(labels: np.ndarray, predicted: np.ndarray, classes: Sequence[str]) -> tuple[str, dict]:
+    """scikit-learn's classification report, as text and as a dict."""
+    from sklearn.metrics import classification_report as report
+
+    kwargs = dict(labels=list(range(len(classes))), target_names=list(classes), zero_division=0, digits=4)
+    return report(labels, predicted, **kwargs), report(labels, predicted, output_dict=True, **kwargs)
+
+
+def confusion_records(labels: np.ndarray, predicted: np.ndarray, classes: Sequence[str]) -> list[dict[str, str]]:
+    """One {actual, predicted} record per image, by class name, for DVC's confusion template."""
+    return [{"actual": classes[a], "predicted": classes[p]} for a, p in zip(labels, predicted)]
+
+
+def prediction_rows(
+    paths: Sequence[str], labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]
+) -> tuple[list[str], list[list[Any]]]:
+    """A predictions table: path, label, predicted class, confidence, then one probability column per class.
+
+    Returns:
+        (header, rows).
+    """
+    header = ["path", "label", "predicted", "confidence", *classes]
+    rows = [
+        [path, classes[label], classes[int(np.argmax(row))], f"{row.max():.6f}", *(f"{p:.6f}" for p in row)]
+        for path, label, row in zip(paths, labels, probabilities)
+    ]
+    return header, rows
+
+
+def _save_figure(figure, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=110, bbox_inches="tight", format="png")
+    plt.close(figure)
+
+
+def plot_confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: Sequence[str], path: Path) -> None:
+    """Counts and row-normalised (recall per class) confusion matrices, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import confusion_matrix
+
+    counts = confusion_matrix(labels, predicted, labels=range(len(classes)))
+    rows = counts.sum(axis=1, keepdims=True)
+    normalised = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    side = max(4.5, 0.45 * len(classes) + 2.5)
+    figure, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side))
+    annotate = len(classes) <= 30
+    for axis, matrix, title, fmt in (
+        (axes[0], counts, "Counts", "d"),
+        (axes[1], normalised, "Normalised by true class", ".2f"),
+    ):
+        image = axis.imshow(matrix, cmap="Blues", vmin=0)
+        figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
+        axis.set(title=title, xlabel="Predicted class", ylabel="True class")
+        axis.set_xticks(range(len(classes)), classes, rotation=90 if len(classes) > 8 else 45, ha="right")
+        axis.set_yticks(range(len(classes)), classes)
+        if annotate:
+            threshold = matrix.max() / 2 if matrix.max() else 1
+            for (i, j), value in np.ndenumerate(matrix):
+                axis.text(j, i, format(value, fmt), ha="center", va="center",
+                          color="white" if value > threshold else "black", fontsize=8)
+    figure.suptitle(f"Confusion matrix on the test split ({int(counts.sum())} images)")
+    _save_figure(figure, path)
+
+
+def plot_history(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Accuracy and loss per epoch, train against validation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    epochs = [row["epoch"] for row in rows]
+    for axis, metric in zip(axes, ("accuracy", "loss")):
+        for prefix, label in (("", "train"), ("val_", "validation")):
+            values = [row[prefix + metric] for row in rows]
+            if values and values[0] is not None:
+                axis.plot(epochs, values, marker="o", markersize=3, label=label)
+        axis.set(title=metric.capitalize(), xlabel="Epoch", ylabel=metric)
+        if rows:
+            axis.legend()
+        else:
+            axis.text(0.5, 0.5, "no training epochs", ha="center", va="center", transform=axis.transAxes)
+        axis.grid(alpha=0.3)
+    figure.suptitle(title)
+    _save_figure(figure, path)
