@@ -164,18 +164,20 @@ def build_backbone(choice: BackboneChoice):
         weights=choice.weights,
         input_shape=(*choice.image_size, 3),
         pooling="avg",
-        name=BACKBONE_LAYER,
     )
     if spec.alpha is not None:
         kwargs["alpha"] = spec.alpha
     try:
-        return getattr(keras.applications, spec.constructor)(**kwargs)
+        backbone = getattr(keras.applications, spec.constructor)(**kwargs)
     except ValueError as error:
         # Keras refuses some combinations itself (e.g. a MobileNet width that has no ImageNet weights).
         raise ParamError(
             f"backbone {spec.name} with weights={choice.weights} at image_size={list(choice.image_size)} "
             f"cannot be built: {error}"
         ) from None
+    # Renamed afterwards: EfficientNetV2 looks its block layout up by the name it is built with.
+    backbone.name = BACKBONE_LAYER
+    return backbone
 
 
 def preprocess(x, preprocessing: str):

@@ -99,7 +99,7 @@ def save_model(model, path: Path, classes: list[str]) -> None:
 
     # A copy rebuilt from the model's config has never been compiled, so the file carries no optimizer
     # slots (which would triple the size of a fine-tuned model) and loads without warnings.
-    bare = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+    bare = keras.Model.from_config(model.get_config())
     bare.set_weights(model.get_weights())
     with atomic_path(path) as temporary:
         bare.save(temporary)

@@ -1,0 +1,88 @@
+"""The registry: every entry builds, and the preprocessing inside the model is exactly its family's."""
+
+import importlib
+
+import numpy as np
+import pytest
+
+from transfer.backbones import REGISTRY, BackboneChoice, build_backbone, build_feature_extractor, resolve
+from transfer.errors import ParamError
+from transfer.params import BackboneParams
+
+REQUIRED = [
+    "vgg16", "vgg19", "resnet50", "resnet101", "resnet50v2", "mobilenet", "mobilenetv2", "mobilenetv3small",
+    "mobilenetv3large", *(f"efficientnetb{i}" for i in range(8)), *(f"efficientnetv2b{i}" for i in range(4)),
+    "inceptionv3", "inceptionresnetv2", "xception", "densenet121", "convnext_tiny",
+    "mobilenetv2_0.35", "mobilenetv2_0.5", "mobilenet_0.25",
+]
+
+
+def test_the_registry_has_every_backbone_users_ask_for():
+    assert set(REQUIRED) <= set(REGISTRY)
+
+
+def test_an_unknown_backbone_lists_the_valid_ones():
+    with pytest.raises(ParamError) as raised:
+        resolve(BackboneParams("resnet5O", "none", None))
+    assert "backbone = 'resnet5O'" in str(raised.value)
+    assert "efficientnetb0" in str(raised.value) and "vgg16" in str(raised.value)
+
+
+def test_sizes_default_to_native_and_respect_the_minimum():
+    assert resolve(BackboneParams("inceptionv3", "none", None)).image_size == (299, 299)
+    assert resolve(BackboneParams("efficientnetb3", "none", None)).image_size == (300, 300)
+    with pytest.raises(ParamError, match="inceptionv3 needs at least 75x75"):
+        resolve(BackboneParams("inceptionv3", "none", (64, 64)))
+
+
+def test_weights_are_imagenet_none_or_an_existing_file(tmp_path):
+    assert resolve(BackboneParams("vgg16", "imagenet", None)).weights == "imagenet"
+    assert resolve(BackboneParams("vgg16", "none", None)).weights is None
+    weights = tmp_path / "w.h5"
+    weights.write_bytes(b"")
+    assert resolve(BackboneParams("vgg16", str(weights), None)).weights == str(weights)
+    with pytest.raises(ParamError, match="weights = 'missing.h5' is invalid"):
+        resolve(BackboneParams("vgg16", "missing.h5", None))
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_preprocessing_matches_keras_own_function(name):
+    """The in-model layers give what keras.applications.<module>.preprocess_input gives, on raw pixels."""
+    import keras
+
+    spec = REGISTRY[name]
+    pixels = np.random.default_rng(0).uniform(0, 255, size=(2, 8, 8, 3)).astype("float32")
+    from transfer.backbones import preprocess
+
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, preprocess(inputs, spec.preprocessing))
+    module = importlib.import_module(f"keras.applications.{spec.module}")
+    expected = np.asarray(module.preprocess_input(pixels.copy()))
+    np.testing.assert_allclose(np.asarray(model(pixels)), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_entry_builds_at_its_smallest_size(name):
+    spec = REGISTRY[name]
+    size = max(spec.min_size, 32)
+    backbone = build_backbone(BackboneChoice(spec, None, (size, size)))
+    assert backbone.name == "backbone"
+    assert len(backbone.output_shape) == 2 and backbone.output_shape[-1] > 0
+
+
+def test_the_extractor_takes_raw_images_of_any_size():
+    choice = resolve(BackboneParams("mobilenetv2_0.35", "none", (32, 32)))
+    extractor = build_feature_extractor(choice)
+    small = np.full((1, 20, 30, 3), 128, dtype="float32")
+    large = np.full((1, 64, 50, 3), 128, dtype="float32")
+    assert extractor(small).shape == extractor(large).shape == (1, 1280)
+
+
+def test_random_weights_are_the_same_every_build():
+    """extract-features and fine-tune build the backbone separately; with weights none they must agree."""
+    choice = resolve(BackboneParams("mobilenetv2_0.35", "none", (32, 32)))
+    images = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    first = build_feature_extractor(choice)(images)
+    second = build_feature_extractor(choice)(images)
+    np.testing.assert_array_equal(np.asarray(first), np.asarray(second))

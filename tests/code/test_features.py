@@ -1,0 +1,65 @@
+"""The bottleneck cache: streamed extraction round-trips, in file order, whole or not at all."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from transfer.backbones import build_feature_extractor, resolve
+from transfer.datasets import image_dataset
+from transfer.errors import DataError
+from transfer.features import FeatureStore, extract_features
+from transfer.params import BackboneParams
+
+SIZE = (32, 32)
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return build_feature_extractor(resolve(BackboneParams("mobilenetv2_0.35", "none", SIZE)))
+
+
+@pytest.fixture
+def splits(shapes_folder):
+    paths = sorted(str(path) for path in shapes_folder.rglob("*.*"))
+    labels = np.asarray([["circle", "square", "triangle"].index(p.split("/")[-2]) for p in paths], dtype=np.int32)
+    return {"train": (paths[::2], labels[::2]), "val": (paths[1::4], labels[1::4]), "test": ([], labels[:0])}
+
+
+def test_features_round_trip_and_match_the_model(extractor, splits, tmp_path):
+    meta = {"backbone": "mobilenetv2_0.35", "classes": ["circle", "square", "triangle"]}
+    stats = extract_features(extractor, SIZE, splits, tmp_path / "features", batch_size=7, dtype="float16", meta=meta)
+    assert stats["images"] == len(splits["train"][0]) + len(splits["val"][0])
+    store = FeatureStore(tmp_path / "features")
+    assert store.meta["feature_dim"] == 1280 and store.meta["counts"] == {"train": 30, "val": 15, "test": 0}
+    assert store.classes == meta["classes"]
+    features, labels = store.load("train")
+    assert features.shape == (30, 1280) and features.dtype == np.float16
+    np.testing.assert_array_equal(labels, splits["train"][1])
+    expected = extractor.predict(image_dataset(splits["train"][0], SIZE, 30), verbose=0)
+    np.testing.assert_allclose(features.astype(np.float32), expected, rtol=2e-3, atol=2e-3)
+    assert store.load("test")[0].shape == (0, 1280)
+
+
+def test_a_failed_extraction_leaves_the_previous_cache_untouched(extractor, splits, tmp_path):
+    target = tmp_path / "features"
+    extract_features(extractor, SIZE, splits, target, batch_size=8, dtype="float32", meta={"classes": []})
+    before = {path.name: path.read_bytes() for path in target.iterdir()}
+    broken = dict(splits, val=([*splits["val"][0], str(tmp_path / "gone.jpg")], np.zeros(16, dtype=np.int32)))
+    with pytest.raises(Exception):
+        extract_features(extractor, SIZE, broken, target, batch_size=8, dtype="float16", meta={"classes": []})
+    assert {path.name: path.read_bytes() for path in target.iterdir()} == before
+    assert [path.name for path in tmp_path.iterdir()] == ["features"], "no temporary left behind"
+
+
+def test_a_missing_cache_says_which_stage_to_run(tmp_path):
+    with pytest.raises(DataError, match="run the extract-features stage"):
+        FeatureStore(tmp_path)
+
+
+def test_extraction_is_deterministic(extractor, splits, tmp_path):
+    for name in ("a", "b"):
+        extract_features(extractor, SIZE, splits, tmp_path / name, batch_size=16, dtype="float16", meta={})
+    for file in ("train_features.npy", "val_features.npy"):
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
+    shutil.rmtree(tmp_path / "b")

@@ -1,0 +1,82 @@
+"""Evaluation figures equal scikit-learn's on known predictions; reports and figures are written."""
+
+import numpy as np
+import pytest
+from sklearn import metrics as sk
+
+from transfer.io import read_csv, write_csv
+from transfer.reports import (
+    classification_report,
+    confusion_records,
+    per_class_metrics,
+    plot_confusion_matrix,
+    plot_history,
+    prediction_rows,
+    test_metrics,
+)
+
+CLASSES = ["cat", "dog", "fox", "owl"]
+
+
+@pytest.fixture
+def known():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, size=60)
+    logits = rng.normal(size=(60, 4)) + 2.0 * np.eye(4)[labels]
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return labels, probabilities
+
+
+def test_metrics_equal_scikit_learn(known):
+    labels, probabilities = known
+    predicted = probabilities.argmax(1)
+    figures = test_metrics(labels, probabilities, top_k=2)
+    precision, recall, f1, _ = sk.precision_recall_fscore_support(labels, predicted, average="macro")
+    assert figures["accuracy"] == pytest.approx(sk.accuracy_score(labels, predicted))
+    assert figures["loss"] == pytest.approx(sk.log_loss(labels, probabilities, labels=range(4)), rel=1e-6)
+    assert figures["top_k_accuracy"] == pytest.approx(sk.top_k_accuracy_score(labels, probabilities, k=2))
+    assert (figures["macro_precision"], figures["macro_recall"], figures["macro_f1"]) == pytest.approx(
+        (precision, recall, f1)
+    )
+    assert 0.3 < figures["accuracy"] < 1.0, "the fixture should be neither trivial nor hopeless"
+    assert figures["top_k"] == 2 and figures["images"] == 60
+
+
+def test_top_k_is_capped_at_the_number_of_classes(known):
+    labels, probabilities = known
+    figures = test_metrics(labels, probabilities, top_k=10)
+    assert figures["top_k"] == 4 and figures["top_k_accuracy"] == 1.0
+
+
+def test_per_class_and_report_agree_with_scikit_learn(known):
+    labels, probabilities = known
+    predicted = probabilities.argmax(1)
+    per_class = per_class_metrics(labels, predicted, CLASSES)
+    f1 = sk.f1_score(labels, predicted, average=None)
+    assert [per_class[name]["f1"] for name in CLASSES] == pytest.approx(list(f1))
+    assert sum(row["support"] for row in per_class.values()) == 60
+    text, as_dict = classification_report(labels, predicted, CLASSES)
+    assert "owl" in text and as_dict["dog"]["f1-score"] == pytest.approx(per_class["dog"]["f1"])
+
+
+def test_confusion_records_and_predictions_use_class_names(known, tmp_path):
+    labels, probabilities = known
+    predicted = probabilities.argmax(1)
+    records = confusion_records(labels, predicted, CLASSES)
+    assert records[0] == {"actual": CLASSES[labels[0]], "predicted": CLASSES[predicted[0]]}
+    header, rows = prediction_rows([f"x/{i}.jpg" for i in range(60)], labels, probabilities, CLASSES)
+    write_csv(tmp_path / "p.csv", header, rows)
+    table = read_csv(tmp_path / "p.csv")
+    assert list(table[0]) == ["path", "label", "predicted", "confidence", *CLASSES]
+    assert table[5]["predicted"] == CLASSES[predicted[5]]
+    assert float(table[5]["confidence"]) == pytest.approx(probabilities[5].max(), abs=1e-6)
+
+
+def test_figures_are_written_as_png(known, tmp_path):
+    labels, probabilities = known
+    plot_confusion_matrix(labels, probabilities.argmax(1), CLASSES, tmp_path / "confusion.png")
+    rows = [{"epoch": e, "loss": 1 / e, "accuracy": e / 10, "val_loss": 1.1 / e, "val_accuracy": e / 11} for e in (1, 2, 3)]
+    plot_history(rows, tmp_path / "curves.png", "Head")
+    plot_history([], tmp_path / "empty.png", "Fine-tune")
+    for name in ("confusion.png", "curves.png", "empty.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
