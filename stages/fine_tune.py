@@ -41,11 +41,13 @@ def parse_params(params: Params) -> tuple[int, BackboneChoice, FineTuneParams]:
 def main() -> None:
     seed, choice, tune = parse_params(Params.load())
     classes = read_classes(SPLITS)
+    extractor = build_feature_extractor(choice)
+    # Seed before loading the head: its Dropout layers draw their random seeds as they are created.
+    set_determinism(seed)
     head, head_classes = load_model(HEAD_MODEL)
     if head_classes != classes:
         raise DataError(f"{HEAD_MODEL} was trained on other classes than {SPLITS}; re-run train-head")
-    model = assemble_classifier(build_feature_extractor(choice), head)
-    set_determinism(seed)
+    model = assemble_classifier(extractor, head)
     unfrozen = unfreeze_top(model, tune.unfreeze)
     compile_for_training(model, tune.training.lr, tune.training.label_smoothing)
 

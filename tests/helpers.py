@@ -43,3 +43,65 @@ def make_shapes_dataset(root: Path, per_class: int = 20, size: int = 48, seed: i
             suffix = "jpg" if i % 2 == 0 else "png"
             image.save(root / kind / f"{kind}_{i:03d}.{suffix}")
     return root
+
+
+PIPELINE_FILES = ("dvc.yaml", "params.yaml", "stages", "transfer", ".dvcignore", ".gitignore")
+
+
+def set_param(tree: dict, dotted: str, value) -> None:
+    """Set a dotted key in a params tree."""
+    *sections, leaf = dotted.split(".")
+    for section in sections:
+        tree = tree[section]
+    tree[leaf] = value
+
+
+def make_pipeline_repo(root: Path, overrides: dict) -> Path:
+    """A fresh git + DVC repository holding this project's pipeline, with params overridden; committed."""
+    import shutil
+
+    import yaml
+
+    root.mkdir(parents=True)
+    for name in PIPELINE_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, root / name)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key, value in overrides.items():
+        set_param(params, key, value)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], root)
+    run(["dvc", "init", "-q"], root)
+    run(["dvc", "config", "core.analytics", "false"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", "pipeline"], root)
+    return root
+
+
+def run(command: list[str], cwd: Path, check: bool = True):
+    """Run a command with this interpreter's environment first on PATH; returns the completed process."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(
+        GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
+        GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
+        DVC_NO_ANALYTICS="1",
+    )
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def stages_run(result) -> list[str]:
+    """The names of the stages a dvc repro / exp run actually ran, from its output."""
+    import re
+
+    return re.findall(r"Running stage '([^']+)'", result.stdout + result.stderr)
