@@ -23,7 +23,7 @@ from transfer.reports import (
     per_class_metrics,
     plot_confusion_matrix,
     prediction_rows,
-    test_metrics,
+    summary_metrics,
 )
 
 log = logging.getLogger("evaluate")
@@ -45,7 +45,7 @@ def main() -> None:
     probabilities = model.predict(image_dataset(paths, input_size(model), settings.batch_size), verbose=0)
     predicted = probabilities.argmax(axis=1)
 
-    metrics = test_metrics(labels, probabilities, settings.top_k)
+    metrics = summary_metrics(labels, probabilities, settings.top_k)
     write_json(TEST_METRICS, metrics)
     write_json(EVALUATE_REPORTS / "per_class.json", per_class_metrics(labels, predicted, classes))
     text, as_dict = classification_report(labels, predicted, classes)

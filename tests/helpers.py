@@ -74,6 +74,9 @@ def make_pipeline_repo(root: Path, overrides: dict) -> Path:
         set_param(params, key, value)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], root)
+    # DVC commits experiments itself; give the repository an identity so no global git config is needed.
+    run(["git", "config", "user.name", "test"], root)
+    run(["git", "config", "user.email", "test@example.com"], root)
     run(["dvc", "init", "-q"], root)
     run(["dvc", "config", "core.analytics", "false"], root)
     run(["git", "add", "-A"], root)

@@ -7,12 +7,10 @@ without any error, so each family's layers are tested against Keras' own ``prepr
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from transfer.errors import ParamError
-from transfer.params import BackboneParams
+from transfer.params import BackboneParams, repo_path
 
 # What each family's preprocess_input does (keras.applications.imagenet_utils):
 #   caffe: RGB -> BGR, then subtract the ImageNet mean per channel (VGG, ResNet v1);
@@ -131,10 +129,7 @@ def resolve(params: BackboneParams, source: str = "params.yaml") -> BackboneChoi
     elif params.weights.lower() == "none":
         weights = None
     else:
-        path = Path(params.weights).expanduser()
-        if not path.is_absolute():
-            # Relative paths are relative to the repository root, also in DVC's temporary experiment copies.
-            path = Path(os.environ.get("DVC_ROOT", ".")) / path
+        path = repo_path(params.weights)
         if not path.is_file():
             raise ParamError(
                 f"{source}: weights = {params.weights!r} is invalid: expected imagenet, none, "

@@ -8,6 +8,7 @@ proves that each stage reads exactly the params ``dvc.yaml`` declares for it.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,6 +22,16 @@ CLASS_WEIGHTS = ("balanced", "none")
 FEATURE_DTYPES = ("float16", "float32")
 
 _MISSING = object()
+
+
+def repo_path(value: str) -> Path:
+    """A file path given in params.yaml: relative paths are relative to the repository root.
+
+    DVC sets ``DVC_ROOT`` to the main repository's root for every stage, also for queued experiments that
+    run in a temporary copy, so ``../shared/photos.tgz`` means the same file wherever the stage runs.
+    """
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else Path(os.environ.get("DVC_ROOT", ".")) / path
 
 
 class Params:

@@ -15,7 +15,7 @@ from transfer.io import atomic_path
 PROBABILITY_EPSILON = 1e-7  # Keras' epsilon: a probability of 0 costs -log(1e-7), not infinity.
 
 
-def test_metrics(labels: np.ndarray, probabilities: np.ndarray, top_k: int) -> dict[str, float]:
+def summary_metrics(labels: np.ndarray, probabilities: np.ndarray, top_k: int) -> dict[str, float]:
     """The headline figures for a split, as a flat dict for ``reports/metrics.json``.
 
     Args:

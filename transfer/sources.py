@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from transfer.errors import DataError
 from transfer.io import atomic_path
+from transfer.params import repo_path
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def fetch(source: str, sha256: str | None, target: Path) -> list[str]:
             archive = scratch / "download"
             download(source, archive)
         else:
-            archive = Path(source).expanduser()
+            archive = repo_path(source)
             if not archive.exists():
                 raise DataError(f"data.source = {source!r} is invalid: no such file or folder")
         if archive.is_dir():

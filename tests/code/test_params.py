@@ -88,3 +88,13 @@ def test_image_size_accepts_an_int_or_a_pair(params_tree):
     assert read_backbone(Params(params_tree)).image_size == (160, 160)
     params_tree["image_size"] = [96, 128]
     assert read_backbone(Params(params_tree)).image_size == (96, 128)
+
+
+def test_relative_paths_are_anchored_at_the_dvc_root(monkeypatch, tmp_path):
+    from transfer.params import repo_path
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert repo_path("../shared/photos.tgz") == tmp_path / "../shared/photos.tgz"
+    assert repo_path("/abs/photos.tgz").as_posix() == "/abs/photos.tgz"
+    monkeypatch.delenv("DVC_ROOT")
+    assert repo_path("photos.tgz").as_posix() == "photos.tgz"

@@ -12,7 +12,7 @@ from transfer.reports import (
     plot_confusion_matrix,
     plot_history,
     prediction_rows,
-    test_metrics,
+    summary_metrics,
 )
 
 CLASSES = ["cat", "dog", "fox", "owl"]
@@ -27,10 +27,10 @@ def known():
     return labels, probabilities
 
 
-def test_metrics_equal_scikit_learn(known):
+def test_summary_metrics_equal_scikit_learn(known):
     labels, probabilities = known
     predicted = probabilities.argmax(1)
-    figures = test_metrics(labels, probabilities, top_k=2)
+    figures = summary_metrics(labels, probabilities, top_k=2)
     precision, recall, f1, _ = sk.precision_recall_fscore_support(labels, predicted, average="macro")
     assert figures["accuracy"] == pytest.approx(sk.accuracy_score(labels, predicted))
     assert figures["loss"] == pytest.approx(sk.log_loss(labels, probabilities, labels=range(4)), rel=1e-6)
@@ -44,7 +44,7 @@ def test_metrics_equal_scikit_learn(known):
 
 def test_top_k_is_capped_at_the_number_of_classes(known):
     labels, probabilities = known
-    figures = test_metrics(labels, probabilities, top_k=10)
+    figures = summary_metrics(labels, probabilities, top_k=10)
     assert figures["top_k"] == 4 and figures["top_k_accuracy"] == 1.0
 
 
