@@ -10,7 +10,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this file as a script.
 
 from transfer.backbones import BackboneChoice, build_feature_extractor, resolve
-from transfer.datasets import SPLITS as SPLIT_NAMES, read_classes, read_split
+from transfer.datasets import SPLITS as SPLIT_NAMES
+from transfer.datasets import read_classes, read_split
 from transfer.errors import run_stage
 from transfer.features import extract_features
 from transfer.layout import FEATURES, RAW, SPLITS

@@ -73,7 +73,7 @@ def scan_images(raw: Path, workers: int = 4) -> ImageScan:
         results = list(pool.map(lambda item: _inspect(item[0]), files))
     scan = ImageScan(classes=classes)
     labels_of_digest: dict[str, set[str]] = {}
-    for (path, name), (problem, digest) in zip(files, results):
+    for (path, name), (problem, digest) in zip(files, results, strict=True):
         relative = path.relative_to(raw).as_posix()
         if problem:
             scan.excluded.append({"path": relative, "reason": problem})

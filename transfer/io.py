@@ -7,8 +7,9 @@ import csv
 import json
 import os
 import shutil
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 
 def _temporary_sibling(path: Path) -> Path:

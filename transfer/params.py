@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -50,7 +51,7 @@ class Params:
         self.keys_read: set[str] = set()
 
     @classmethod
-    def load(cls, path: str | Path = PARAMS_FILE) -> "Params":
+    def load(cls, path: str | Path = PARAMS_FILE) -> Params:
         """Parse a params file; a missing or malformed file is a :class:`ParamError`."""
         path = Path(path)
         try:

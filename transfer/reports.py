@@ -5,8 +5,9 @@ Figures are drawn headless (Agg), one PNG per concern, with titles, axis labels 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +56,7 @@ def per_class_metrics(labels: np.ndarray, predicted: np.ndarray, classes: Sequen
     )
     return {
         name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-        for name, p, r, f, s in zip(classes, precision, recall, f1, support)
+        for name, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
     }
 
 
@@ -69,7 +70,7 @@ def classification_report(labels: np.ndarray, predicted: np.ndarray, classes: Se
 
 def confusion_records(labels: np.ndarray, predicted: np.ndarray, classes: Sequence[str]) -> list[dict[str, str]]:
     """One {actual, predicted} record per image, by class name, for DVC's confusion template."""
-    return [{"actual": classes[a], "predicted": classes[p]} for a, p in zip(labels, predicted)]
+    return [{"actual": classes[a], "predicted": classes[p]} for a, p in zip(labels, predicted, strict=True)]
 
 
 def prediction_rows(
@@ -83,7 +84,7 @@ def prediction_rows(
     header = ["path", "label", "predicted", "confidence", *classes]
     rows = [
         [path, classes[label], classes[int(np.argmax(row))], f"{row.max():.6f}", *(f"{p:.6f}" for p in row)]
-        for path, label, row in zip(paths, labels, probabilities)
+        for path, label, row in zip(paths, labels, probabilities, strict=True)
     ]
     return header, rows
 
@@ -137,7 +138,7 @@ def plot_history(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     epochs = [row["epoch"] for row in rows]
-    for axis, metric in zip(axes, ("accuracy", "loss")):
+    for axis, metric in zip(axes, ("accuracy", "loss"), strict=True):
         for prefix, label in (("", "train"), ("val_", "validation")):
             values = [row[prefix + metric] for row in rows]
             if values and values[0] is not None:

@@ -61,7 +61,9 @@ def augmenter(augment: AugmentParams, seed: int):
     return keras.Sequential(layers, name="augment") if layers else None
 
 
-def fit(model, train, validation, params: TrainingParams, class_weight: dict[int, float] | None) -> list[dict[str, Any]]:
+def fit(
+    model, train, validation, params: TrainingParams, class_weight: dict[int, float] | None
+) -> list[dict[str, Any]]:
     """Train with early stopping on validation loss that restores the best epoch's weights.
 
     Args:
@@ -90,11 +92,11 @@ def fit(model, train, validation, params: TrainingParams, class_weight: dict[int
         shuffle=arrays,  # a dataset shuffles itself
         verbose=2,
     ).history
-    epochs = len(history["loss"])
-    return [
-        {column: (epoch + 1 if column == "epoch" else history.get(column, [None] * epochs)[epoch]) for column in HISTORY_COLUMNS}
-        for epoch in range(epochs)
-    ]
+    rows = []
+    for epoch in range(len(history["loss"])):
+        row = {column: history[column][epoch] if column in history else None for column in HISTORY_COLUMNS}
+        rows.append({**row, "epoch": epoch + 1})
+    return rows
 
 
 def write_history(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -4,6 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from transfer.backbones import build_feature_extractor, resolve
 from transfer.datasets import image_dataset
@@ -46,7 +47,7 @@ def test_a_failed_extraction_leaves_the_previous_cache_untouched(extractor, spli
     extract_features(extractor, SIZE, splits, target, batch_size=8, dtype="float32", meta={"classes": []})
     before = {path.name: path.read_bytes() for path in target.iterdir()}
     broken = dict(splits, val=([*splits["val"][0], str(tmp_path / "gone.jpg")], np.zeros(16, dtype=np.int32)))
-    with pytest.raises(Exception):
+    with pytest.raises(tf.errors.NotFoundError):
         extract_features(extractor, SIZE, broken, target, batch_size=8, dtype="float16", meta={"classes": []})
     assert {path.name: path.read_bytes() for path in target.iterdir()} == before
     assert [path.name for path in tmp_path.iterdir()] == ["features"], "no temporary left behind"

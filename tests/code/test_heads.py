@@ -56,7 +56,8 @@ def test_early_stopping_restores_the_best_epoch():
     rows = fit(head, (features[:48], one_hot[:48]), (features[48:], one_hot[48:]), params, None)
     best = min(row["val_loss"] for row in rows)
     assert len(rows) < 40, "training should have stopped early"
-    assert head.evaluate(features[48:], one_hot[48:], verbose=0, return_dict=True)["loss"] == pytest.approx(best, rel=1e-4)
+    restored = head.evaluate(features[48:], one_hot[48:], verbose=0, return_dict=True)["loss"]
+    assert restored == pytest.approx(best, rel=1e-4)
 
 
 def test_balanced_class_weights():

@@ -77,7 +77,7 @@ def test_a_training_step_leaves_batchnorm_and_frozen_layers_untouched():
     images = rng.uniform(0, 255, size=(16, 32, 32, 3)).astype("float32")
     targets = np.eye(3, dtype="float32")[rng.integers(0, 3, 16)]
     model.fit(images, targets, epochs=2, batch_size=8, verbose=0)
-    for old, layer_weight in zip(before["bn"], [w for layer in batchnorms for w in layer.weights]):
+    for old, layer_weight in zip(before["bn"], [w for layer in batchnorms for w in layer.weights], strict=True):
         np.testing.assert_array_equal(old, np.array(layer_weight), err_msg="a BatchNorm weight or statistic moved")
     np.testing.assert_array_equal(before["frozen"], np.array(frozen_conv.kernel))
     assert not np.array_equal(before["trained"], np.array(trained_conv.kernel)), "the unfrozen top did not train"

@@ -75,7 +75,8 @@ def test_confusion_records_and_predictions_use_class_names(known, tmp_path):
 def test_figures_are_written_as_png(known, tmp_path):
     labels, probabilities = known
     plot_confusion_matrix(labels, probabilities.argmax(1), CLASSES, tmp_path / "confusion.png")
-    rows = [{"epoch": e, "loss": 1 / e, "accuracy": e / 10, "val_loss": 1.1 / e, "val_accuracy": e / 11} for e in (1, 2, 3)]
+    rows = [{"epoch": e, "loss": 1 / e, "accuracy": e / 10, "val_loss": 1.1 / e, "val_accuracy": e / 11}
+            for e in (1, 2, 3)]
     plot_history(rows, tmp_path / "curves.png", "Head")
     plot_history([], tmp_path / "empty.png", "Fine-tune")
     for name in ("confusion.png", "curves.png", "empty.png"):
