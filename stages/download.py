@@ -10,10 +10,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this file as a script.
 
-from transfer.errors import run_stage
 from transfer.layout import RAW
 from transfer.params import DataParams, Params, read_data
 from transfer.sources import fetch
+from transfer.stage import run_stage
 
 log = logging.getLogger("download")
 
@@ -29,4 +29,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage("download", main)

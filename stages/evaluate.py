@@ -1,20 +1,22 @@
 """evaluate: score the deployable model on the held-out test split and write every report.
 
-Reads params: evaluate.batch_size, evaluate.top_k.
+Reads params: evaluate.batch_size, evaluate.top_k. (The whole params.yaml is logged to MLflow as the
+record of the execution, but only these two shape evaluate's outputs.)
 Writes: reports/metrics.json, reports/evaluate/ (per-class figures, classification report, confusion
-records, confusion matrix PNG, predictions CSV)
+records, confusion matrix PNG, predictions CSV), reports/tracking.json (the MLflow run logged)
 """
 
 import logging
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this file as a script.
 
 from transfer.datasets import image_dataset, read_classes, read_split
-from transfer.errors import DataError, run_stage
+from transfer.errors import DataError
 from transfer.io import write_csv, write_json, write_text
-from transfer.layout import EVALUATE_REPORTS, MODEL, RAW, SPLITS, TEST_METRICS
+from transfer.layout import EVALUATE_REPORTS, MODEL, RAW, SPLITS, TEST_METRICS, TRACKING_RECORD
 from transfer.models import input_size, load_model
 from transfer.params import EvaluateParams, Params, read_evaluate
 from transfer.reports import (
@@ -25,6 +27,8 @@ from transfer.reports import (
     prediction_rows,
     summary_metrics,
 )
+from transfer.stage import run_stage
+from transfer.tracking import collect_execution, log_execution, tracking_uri
 
 log = logging.getLogger("evaluate")
 
@@ -58,6 +62,11 @@ def main() -> None:
     log.info("evaluate: test accuracy %.4f, top-%d %.4f, macro F1 %.4f on %d images", metrics["accuracy"],
              metrics["top_k"], metrics["top_k_accuracy"], metrics["macro_f1"], len(paths))
 
+    # The whole execution becomes one MLflow run, gathered from the files every stage left.
+    run_name = os.environ.get("DVC_EXP_NAME", "workspace")
+    run_id = log_execution(run_name, collect_execution(model, input_size(model)))
+    write_json(TRACKING_RECORD, {"run_id": run_id, "tracking_uri": tracking_uri() if run_id else None})
+
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage("evaluate", main)

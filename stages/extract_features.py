@@ -12,17 +12,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this fi
 from transfer.backbones import BackboneChoice, build_feature_extractor, resolve
 from transfer.datasets import SPLITS as SPLIT_NAMES
 from transfer.datasets import read_classes, read_split
-from transfer.errors import run_stage
 from transfer.features import extract_features
 from transfer.layout import FEATURES, RAW, SPLITS
 from transfer.params import FeatureParams, Params, read_backbone, read_features
+from transfer.stage import run_stage
 
 
 def parse_params(params: Params) -> tuple[BackboneChoice, FeatureParams]:
     return resolve(read_backbone(params), params.source), read_features(params)
 
 
-def main() -> None:
+def main() -> dict:
     choice, features = parse_params(Params.load())
     classes = read_classes(SPLITS)
     splits = {split: read_split(SPLITS, split, RAW, classes) for split in SPLIT_NAMES}
@@ -33,8 +33,8 @@ def main() -> None:
         "image_size": list(choice.image_size),
         "classes": classes,
     }
-    extract_features(extractor, choice.image_size, splits, FEATURES, features.batch_size, features.dtype, meta)
+    return extract_features(extractor, choice.image_size, splits, FEATURES, features.batch_size, features.dtype, meta)
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage("extract-features", main)

@@ -15,12 +15,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this fi
 
 from transfer.backbones import BackboneChoice, build_feature_extractor, resolve
 from transfer.datasets import image_dataset, read_classes, read_split
-from transfer.errors import DataError, run_stage
+from transfer.errors import DataError
 from transfer.io import write_json
 from transfer.layout import CURVES, FINE_TUNE_REPORTS, HEAD_MODEL, HISTORY, MODEL, RAW, SPLITS, STAGE_METRICS
 from transfer.models import assemble_classifier, load_model, save_model, unfreeze_top
 from transfer.params import FineTuneParams, Params, read_backbone, read_fine_tune
 from transfer.reports import plot_history
+from transfer.stage import run_stage
 from transfer.training import (
     augmenter,
     best_epoch,
@@ -83,4 +84,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage("fine-tune", main)

@@ -11,10 +11,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this file as a script.
 
 from transfer.datasets import data_report, scan_images, stratified_split, write_splits
-from transfer.errors import run_stage
 from transfer.io import atomic_path, write_json
 from transfer.layout import DATA_REPORT, RAW, SPLITS
 from transfer.params import Params, SplitParams, read_split
+from transfer.stage import run_stage
 
 log = logging.getLogger("split")
 
@@ -37,4 +37,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage("split", main)

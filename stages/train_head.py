@@ -11,7 +11,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this fi
 
 import numpy as np
 
-from transfer.errors import run_stage
 from transfer.features import FeatureStore
 from transfer.heads import build_head
 from transfer.io import write_json
@@ -19,6 +18,7 @@ from transfer.layout import CURVES, FEATURES, HEAD_MODEL, HEAD_REPORTS, HISTORY,
 from transfer.models import save_model
 from transfer.params import HeadParams, Params, read_head
 from transfer.reports import plot_history
+from transfer.stage import run_stage
 from transfer.training import (
     best_epoch,
     class_weights,
@@ -65,4 +65,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage("train-head", main)

@@ -1,10 +1,6 @@
-"""Errors a user can cause and fix, and the one place that turns them into a one-line message."""
+"""Errors a user can cause and fix; :func:`transfer.stage.run_stage` prints them as one line."""
 
 from __future__ import annotations
-
-import logging
-import sys
-from collections.abc import Callable
 
 
 class UserError(Exception):
@@ -18,12 +14,3 @@ class ParamError(UserError):
 class DataError(UserError):
     """A dataset, archive, image or stage input that is missing or unusable."""
 
-
-def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's ``main``; a :class:`UserError` exits with status 2 and one line on stderr."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        main()
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)

@@ -14,6 +14,8 @@ HEAD_REPORTS = REPORTS / "head"
 FINE_TUNE_REPORTS = REPORTS / "fine_tune"
 EVALUATE_REPORTS = REPORTS / "evaluate"
 TEST_METRICS = REPORTS / "metrics.json"
+TIMINGS = REPORTS / "timings"  # <stage>.json: wall seconds of each stage
+TRACKING_RECORD = REPORTS / "tracking.json"  # the MLflow run evaluate logged
 
 # Each training stage leaves these three in its own report folder.
 HISTORY = "history.csv"

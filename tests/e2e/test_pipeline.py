@@ -92,3 +92,101 @@ def test_a_bad_param_fails_with_one_line_naming_the_key(repo, first_run):
     assert result.returncode != 0
     assert "error: params.yaml: head.dropout = 1.5 is invalid: expected a number in [0.0, 1.0)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _runs(repo):
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("transfer")
+    return client, client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_each_execution_is_one_complete_mlflow_run_in_the_workspace_store(repo, first_run):
+    client, runs = _runs(repo)
+    first = runs[0]
+    assert first.info.run_name == "workspace"
+    assert first.data.params["backbone"] == "resnet50" and first.data.params["head.epochs"] == "40"
+    assert first.data.tags["backbone"] == "resnet50" and len(first.data.tags["git_commit"]) == 40
+    assert first.data.metrics["accuracy"] == json.loads((repo / "reports/metrics.json").read_text())["accuracy"]
+    for name in ("extract_features_seconds", "extract_features_images_per_second", "train_head_seconds"):
+        assert first.data.metrics[name] > 0, name
+    assert len(client.get_metric_history(first.info.run_id, "head_val_loss")) >= 1
+    assert len(client.get_metric_history(first.info.run_id, "fine_tune_loss")) == 1
+    artifacts = {a.path for folder in ("reports/evaluate", "reports/head") for a in
+                 client.list_artifacts(first.info.run_id, folder)}
+    assert {"reports/evaluate/confusion_matrix.png", "reports/head/curves.png"} <= artifacts
+    assert client.list_artifacts(first.info.run_id, "model"), "the model is logged"
+    assert json.loads((repo / "reports/tracking.json").read_text())["run_id"] == runs[-1].info.run_id
+
+
+def test_a_run_restored_from_the_run_cache_is_still_logged(repo, first_run):
+    _, before = _runs(repo)
+    result = run(["dvc", "exp", "run", "-S", "head.lr=0.001"], repo)  # back to the baseline: all in run-cache
+    assert stages_run(result) == ["evaluate"], "train-head and fine-tune come from DVC's run-cache"
+    _, after = _runs(repo)
+    assert len(after) == len(before) + 1
+    newest = after[-1]
+    assert newest.data.params["head.lr"] == "0.001" and newest.data.tags["dvc_exp_name"] != "workspace"
+    assert "head_loss" in newest.data.metrics and "train_head_seconds" in newest.data.metrics
+
+
+def test_a_queued_experiment_lands_in_the_workspace_store(repo, first_run):
+    import time
+
+    _, before = _runs(repo)
+    run(["dvc", "exp", "run", "--queue", "-S", "head.lr=0.01"], repo)
+    run(["dvc", "queue", "start"], repo)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = run(["dvc", "queue", "status"], repo).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    assert "Success" in status, status
+    _, after = _runs(repo)
+    assert len(after) == len(before) + 1
+    assert after[-1].data.params["head.lr"] == "0.01"
+    assert not list(repo.glob(".dvc/tmp/exps/**/mlflow.db")), "no store inside the temporary copy"
+
+
+def test_mlflow_server_serves_the_runs_over_rest(repo, first_run):
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{repo / 'mlflow.db'}", "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
+                time.sleep(1)
+        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=transfer") as r:
+            experiment_id = json.load(r)["experiment"]["experiment_id"]
+        request = urllib.request.Request(
+            f"{base}/api/2.0/mlflow/runs/search", method="POST", headers={"Content-Type": "application/json"},
+            data=json.dumps({"experiment_ids": [experiment_id], "max_results": 100}).encode(),
+        )
+        with urllib.request.urlopen(request) as response:
+            runs = json.load(response)["runs"]
+        assert len(runs) >= 2
+        for found in runs:
+            assert any(metric["key"] == "accuracy" for metric in found["data"]["metrics"])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,0 +1,77 @@
+"""MLflow tracking against a real SQLite store: one complete run per execution, and never a lost result."""
+
+import time
+
+import numpy as np
+import pytest
+
+from transfer import tracking
+from transfer.backbones import build_feature_extractor, resolve
+from transfer.heads import build_head
+from transfer.models import assemble_classifier
+from transfer.params import BackboneParams
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def _record(tmp_path, model=None):
+    figure = tmp_path / "reports" / "evaluate" / "confusion_matrix.png"
+    figure.parent.mkdir(parents=True)
+    figure.write_bytes(b"\x89PNG\r\n\x1a\n")
+    return {
+        "params": tracking.flatten({"backbone": "vgg16", "head": {"lr": 0.001, "hidden": [128]}}),
+        "metrics": {"accuracy": 0.9, "top_k": 3, "fine_tune_val_loss": None},
+        "histories": {"head": [{"epoch": 1.0, "loss": 0.9, "val_loss": 1.0},
+                               {"epoch": 2.0, "loss": 0.5, "val_loss": None}]},
+        "tags": {"backbone": "vgg16", "dvc_exp_name": "test-exp"},
+        "artifacts": [figure.relative_to(tmp_path)],
+        "model": model,
+        "model_input_size": (32, 32),
+    }
+
+
+def test_the_default_store_is_sqlite_at_the_dvc_root(store):
+    assert tracking.tracking_uri() == f"sqlite:///{store}/mlflow.db"
+
+
+def test_flatten_gives_dotted_keys():
+    assert tracking.flatten({"a": 1, "b": {"c": {"d": [2]}}}) == {"a": 1, "b.c.d": [2]}
+
+
+def test_a_run_carries_params_metrics_curves_artifacts_and_a_loadable_model(store, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(store)
+    extractor = build_feature_extractor(resolve(BackboneParams("mobilenetv2_0.35", "none", (32, 32))))
+    model = assemble_classifier(extractor, build_head(1280, 3, [], 0.0, False))
+    run_id = tracking.log_execution("test-exp", _record(store, model))
+    assert run_id
+    client = mlflow.MlflowClient(tracking.tracking_uri())
+    run = client.get_run(run_id)
+    assert run.data.params["head.lr"] == "0.001" and run.data.params["head.hidden"] == "[128]"
+    assert run.data.metrics["accuracy"] == 0.9 and "fine_tune_val_loss" not in run.data.metrics
+    assert run.data.tags["dvc_exp_name"] == "test-exp" and run.info.run_name == "test-exp"
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "head_loss")] == [(1, 0.9), (2, 0.5)]
+    assert [a.path for a in client.list_artifacts(run_id, "reports/evaluate")] == [
+        "reports/evaluate/confusion_matrix.png"
+    ]
+    assert (store / "mlartifacts").is_dir(), "artifacts live beside the store, at the repository root"
+    loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(loaded.predict(images)), np.asarray(model(images)), rtol=1e-5, atol=1e-6)
+    second = tracking.log_execution("another", _record(store / "again"))
+    assert len(client.search_runs([run.info.experiment_id])) == 2 and second != run_id
+
+
+def test_an_unreachable_server_is_a_warning_not_a_failure(store, monkeypatch, caplog):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    start = time.perf_counter()
+    assert tracking.log_execution("x", _record(store)) is None
+    assert time.perf_counter() - start < 60
+    assert "MLflow tracking to http://127.0.0.1:9 failed" in caplog.text
+    assert "output files are the record" in caplog.text

@@ -1,0 +1,28 @@
+"""How a stage script runs: logging, one-line user errors, and a record of its wall time."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+
+from transfer.errors import UserError
+from transfer.io import write_json
+from transfer.layout import TIMINGS
+
+
+def run_stage(name: str, main: Callable[[], dict | None]) -> None:
+    """Run a stage's ``main`` and record its wall time in ``reports/timings/<name>.json``.
+
+    ``main`` may return a dict of further figures (such as throughput) to record with the time. A
+    :class:`UserError` exits with status 2 and one line on stderr, no traceback.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    start = time.perf_counter()
+    try:
+        figures = main() or {}
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    write_json(TIMINGS / f"{name}.json", {"seconds": round(time.perf_counter() - start, 2), **figures})

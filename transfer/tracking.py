@@ -1,0 +1,197 @@
+"""MLflow tracking: one run per pipeline execution, assembled from the files the stages leave behind.
+
+The evaluate stage logs the run at the end of every execution that reaches it. Because everything is read
+from the stages' output files (params, histories, timings, figures, the model), a stage that DVC restored
+from its run-cache instead of running still contributes its full record. Evaluate itself declares a
+``cache: false`` output, which turns DVC's run-cache off for it, so it always runs and always logs.
+
+Store: ``MLFLOW_TRACKING_URI`` if set, else ``mlflow.db`` (SQLite) at the repository root, found through
+``DVC_ROOT`` so that queued experiments, which run in temporary copies, log into the workspace's store.
+Tracking never loses results: any failure is a warning, and the stage's files stay the record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from transfer.io import read_csv, read_json
+from transfer.layout import (
+    DATA_REPORT,
+    EVALUATE_REPORTS,
+    FINE_TUNE_REPORTS,
+    HEAD_REPORTS,
+    HISTORY,
+    STAGE_METRICS,
+    TEST_METRICS,
+    TIMINGS,
+)
+from transfer.params import PARAMS_FILE
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "transfer"
+STORE_FILE = "mlflow.db"
+ARTIFACTS_FOLDER = "mlartifacts"
+LOCK_RETRIES = 5  # SQLite allows one writer: queued experiments running side by side take turns.
+
+
+def repository_root() -> Path:
+    """The main repository's root: DVC_ROOT inside a stage (also in a queued experiment's copy), else cwd."""
+    return Path(os.environ.get("DVC_ROOT", ".")).resolve()
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repository_root() / STORE_FILE}"
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested params as dotted keys: {"head": {"lr": 0.001}} -> {"head.lr": 0.001}."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _git_commit(root: Path) -> str | None:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def run_tags(params: dict[str, Any]) -> dict[str, str]:
+    """Tags that identify an execution: DVC experiment, baseline, commit, backbone and dataset."""
+    tags = {
+        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "workspace"),
+        "dvc_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
+        "git_commit": _git_commit(repository_root()) or "",
+        "backbone": str(params.get("backbone", "")),
+        "dataset": Path(str(params.get("data", {}).get("source", ""))).name,
+    }
+    return {key: value for key, value in tags.items() if value}
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def collect_execution(model=None, model_input_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Everything one execution left in its files, as the record :func:`log_execution` logs.
+
+    Test metrics go in as they are; each training stage's validation figures as ``head_*`` and
+    ``fine_tune_*``; each stage's wall time as ``<stage>_seconds`` and extraction throughput as
+    ``extract_features_images_per_second``.
+    """
+    tree = yaml.safe_load(Path(PARAMS_FILE).read_text(encoding="utf-8")) or {}
+    metrics = dict(read_json(TEST_METRICS))
+    for prefix, folder in (("head", HEAD_REPORTS), ("fine_tune", FINE_TUNE_REPORTS)):
+        if (folder / STAGE_METRICS).is_file():
+            metrics.update({f"{prefix}_{key}": value for key, value in read_json(folder / STAGE_METRICS).items()})
+    for timing in sorted(TIMINGS.glob("*.json")):
+        stage = timing.stem.replace("-", "_")
+        metrics.update({f"{stage}_{key}": value for key, value in read_json(timing).items() if key != "images"})
+    histories = {
+        prefix: [{key: _number(value) for key, value in row.items()} for row in read_csv(folder / HISTORY)]
+        for prefix, folder in (("head", HEAD_REPORTS), ("fine_tune", FINE_TUNE_REPORTS))
+        if (folder / HISTORY).is_file()
+    }
+    artifacts = [TEST_METRICS, DATA_REPORT, *sorted(EVALUATE_REPORTS.glob("*")),
+                 *sorted(HEAD_REPORTS.glob("*")), *sorted(FINE_TUNE_REPORTS.glob("*"))]
+    return {
+        "params": flatten(tree),
+        "metrics": metrics,
+        "histories": histories,
+        "tags": run_tags(tree),
+        "artifacts": artifacts,
+        "model": model,
+        "model_input_size": model_input_size,
+    }
+
+
+def _log(mlflow, run_name: str, record: dict[str, Any]) -> str:
+    import numpy as np
+
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        # A local store keeps its artifacts beside it at the repository root, not in the working directory,
+        # which for a queued experiment is a temporary copy that DVC deletes afterwards.
+        local = mlflow.get_tracking_uri().startswith(("sqlite:", "file:")) or "://" not in mlflow.get_tracking_uri()
+        location = (repository_root() / ARTIFACTS_FOLDER).as_uri() if local else None
+        mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+    mlflow.set_experiment(EXPERIMENT)
+    with mlflow.start_run(run_name=run_name, tags=record["tags"]) as run:
+        mlflow.log_params({key: str(value)[:500] for key, value in record["params"].items()})
+        metrics = {key: float(value) for key, value in record["metrics"].items() if isinstance(value, (int, float))}
+        mlflow.log_metrics(metrics)
+        for prefix, rows in record["histories"].items():
+            for row in rows:
+                step_metrics = {f"{prefix}_{key}": float(value) for key, value in row.items()
+                                if key != "epoch" and value not in (None, "")}
+                mlflow.log_metrics(step_metrics, step=int(row["epoch"]))
+        for path in record["artifacts"]:
+            if Path(path).is_file():
+                mlflow.log_artifact(str(path), artifact_path=Path(path).parent.as_posix())
+        model = record.get("model")
+        if model is not None:
+            import keras
+            import tensorflow as tf
+            from mlflow.models import infer_signature
+
+            example = np.zeros((1, *record["model_input_size"], 3), dtype="float32")
+            signature = infer_signature(example, np.asarray(model.predict(example, verbose=0)))
+            mlflow.tensorflow.log_model(
+                model,
+                name="model",
+                signature=signature,
+                # Stated, not inferred: inference reloads the model in a subprocess, which costs minutes.
+                pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
+            )
+        return run.info.run_id
+
+
+def log_execution(run_name: str, record: dict[str, Any]) -> str | None:
+    """Log one pipeline execution as one MLflow run; never raises.
+
+    Args:
+        run_name: the run's display name (the DVC experiment name, or ``workspace``).
+        record: ``params`` (flat), ``metrics`` (flat), ``histories`` ({prefix: per-epoch rows}), ``tags``,
+            ``artifacts`` (file paths), and optionally ``model`` with ``model_input_size`` (height, width).
+
+    Returns:
+        The run id, or None when tracking failed (a warning says why).
+    """
+    # Fail fast on an unreachable server instead of retrying for minutes.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    uri = tracking_uri()
+    try:
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+        for attempt in range(1, LOCK_RETRIES + 1):
+            try:
+                run_id = _log(mlflow, run_name, record)
+                log.info("mlflow: logged run %s to %s", run_id, uri)
+                return run_id
+            except Exception as error:  # noqa: BLE001 - only a locked SQLite store is worth another try
+                if "locked" not in str(error).lower() or attempt == LOCK_RETRIES:
+                    raise
+                time.sleep(attempt)
+    except Exception as error:  # noqa: BLE001 - tracking must never fail the stage
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        log.warning("WARNING: MLflow tracking to %s failed (%s); the stage's output files are the record", uri,
+                    first_line)
+    return None
