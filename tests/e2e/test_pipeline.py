@@ -35,6 +35,12 @@ def repo(tmp_path_factory):
     })
 
 
+def _back_to_baseline(repo):
+    """Undo what a workspace experiment left behind: params, lock file and outputs as committed."""
+    run(["git", "checkout", "--", "."], repo)
+    run(["dvc", "checkout", "--force"], repo)
+
+
 @pytest.fixture(scope="module")
 def first_run(repo):
     result = run(["dvc", "repro"], repo)
@@ -73,6 +79,7 @@ def test_the_same_params_give_the_same_results(repo, first_run):
 
 
 def test_a_head_experiment_reuses_the_cached_features(repo, first_run):
+    _back_to_baseline(repo)
     result = run(["dvc", "exp", "run", "-S", "head.lr=0.005"], repo)
     assert stages_run(result) == ["train-head", "fine-tune", "evaluate"]
     shown = run(["dvc", "exp", "show", "--json"], repo).stdout
@@ -80,6 +87,7 @@ def test_a_head_experiment_reuses_the_cached_features(repo, first_run):
 
 
 def test_a_backbone_experiment_extracts_again(repo, first_run):
+    _back_to_baseline(repo)
     result = run(["dvc", "exp", "run", "-S", "backbone=vgg16"], repo)
     assert stages_run(result) == ["extract-features", "train-head", "fine-tune", "evaluate"]
     diff = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], repo).stdout)
@@ -88,6 +96,7 @@ def test_a_backbone_experiment_extracts_again(repo, first_run):
 
 
 def test_a_bad_param_fails_with_one_line_naming_the_key(repo, first_run):
+    _back_to_baseline(repo)
     result = run(["dvc", "exp", "run", "-S", "head.dropout=1.5"], repo, check=False)
     assert result.returncode != 0
     assert "error: params.yaml: head.dropout = 1.5 is invalid: expected a number in [0.0, 1.0)" in result.stderr
@@ -97,7 +106,8 @@ def test_a_bad_param_fails_with_one_line_naming_the_key(repo, first_run):
 def _runs(repo):
     import mlflow
 
-    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")  # runs:/ model URIs resolve through it
+    client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name("transfer")
     return client, client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
 
@@ -116,22 +126,27 @@ def test_each_execution_is_one_complete_mlflow_run_in_the_workspace_store(repo, 
     artifacts = {a.path for folder in ("reports/evaluate", "reports/head") for a in
                  client.list_artifacts(first.info.run_id, folder)}
     assert {"reports/evaluate/confusion_matrix.png", "reports/head/curves.png"} <= artifacts
-    assert client.list_artifacts(first.info.run_id, "model"), "the model is logged"
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(f"runs:/{first.info.run_id}/model")
+    assert model.metadata.signature is not None, "the model is logged with a signature"
     assert json.loads((repo / "reports/tracking.json").read_text())["run_id"] == runs[-1].info.run_id
 
 
 def test_a_run_restored_from_the_run_cache_is_still_logged(repo, first_run):
+    _back_to_baseline(repo)
     _, before = _runs(repo)
-    result = run(["dvc", "exp", "run", "-S", "head.lr=0.001"], repo)  # back to the baseline: all in run-cache
+    result = run(["dvc", "exp", "run", "-S", "head.lr=0.005"], repo)  # ran before: its stages are in the run-cache
     assert stages_run(result) == ["evaluate"], "train-head and fine-tune come from DVC's run-cache"
     _, after = _runs(repo)
     assert len(after) == len(before) + 1
     newest = after[-1]
-    assert newest.data.params["head.lr"] == "0.001" and newest.data.tags["dvc_exp_name"] != "workspace"
+    assert newest.data.params["head.lr"] == "0.005" and newest.data.tags["dvc_exp_name"] != "workspace"
     assert "head_loss" in newest.data.metrics and "train_head_seconds" in newest.data.metrics
 
 
 def test_a_queued_experiment_lands_in_the_workspace_store(repo, first_run):
+    _back_to_baseline(repo)
     import time
 
     _, before = _runs(repo)
