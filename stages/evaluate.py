@@ -23,7 +23,9 @@ from transfer.reports import (
     classification_report,
     confusion_records,
     per_class_metrics,
+    plot_confident_mistakes,
     plot_confusion_matrix,
+    plot_per_class,
     prediction_rows,
     summary_metrics,
 )
@@ -51,12 +53,15 @@ def main() -> None:
 
     metrics = summary_metrics(labels, probabilities, settings.top_k)
     write_json(TEST_METRICS, metrics)
-    write_json(EVALUATE_REPORTS / "per_class.json", per_class_metrics(labels, predicted, classes))
+    per_class = per_class_metrics(labels, predicted, classes)
+    write_json(EVALUATE_REPORTS / "per_class.json", per_class)
+    plot_per_class(per_class, EVALUATE_REPORTS / "per_class.png")
     text, as_dict = classification_report(labels, predicted, classes)
     write_text(EVALUATE_REPORTS / "classification_report.txt", text)
     write_json(EVALUATE_REPORTS / "classification_report.json", as_dict)
     write_json(EVALUATE_REPORTS / "confusion.json", confusion_records(labels, predicted, classes))
     plot_confusion_matrix(labels, predicted, classes, EVALUATE_REPORTS / "confusion_matrix.png")
+    plot_confident_mistakes(paths, labels, probabilities, classes, EVALUATE_REPORTS / "confident_mistakes.png")
     relative = [Path(path).relative_to(RAW).as_posix() for path in paths]
     write_csv(EVALUATE_REPORTS / "predictions.csv", *prediction_rows(relative, labels, probabilities, classes))
     log.info("evaluate: test accuracy %.4f, top-%d %.4f, macro F1 %.4f on %d images", metrics["accuracy"],

@@ -151,3 +151,60 @@ def plot_history(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         axis.grid(alpha=0.3)
     figure.suptitle(title)
     _save_figure(figure, path)
+
+
+def plot_per_class(per_class: dict[str, dict], path: Path) -> None:
+    """Precision, recall and F1 of each class as grouped bars, support in the tick labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(per_class)
+    positions = np.arange(len(names))
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.6 * len(names) + 2), 4.5))
+    for offset, metric in zip((-0.27, 0.0, 0.27), ("precision", "recall", "f1"), strict=True):
+        axis.bar(positions + offset, [per_class[name][metric] for name in names], width=0.27, label=metric)
+    axis.set_xticks(positions, [f"{name}\n(n={per_class[name]['support']})" for name in names],
+                    rotation=90 if len(names) > 10 else 0)
+    axis.set(ylim=(0, 1.05), ylabel="score", xlabel="Class (test images)", title="Per-class precision, recall and F1")
+    axis.legend(loc="lower right")
+    axis.grid(axis="y", alpha=0.3)
+    _save_figure(figure, path)
+
+
+def confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, count: int) -> np.ndarray:
+    """Indices of up to ``count`` wrong predictions, the most confident first."""
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    return wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:count]
+
+
+def plot_confident_mistakes(
+    paths: Sequence[str], labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str], path: Path,
+    count: int = 12,
+) -> None:
+    """A gallery of the wrong predictions the model was surest of: image, true and predicted class, confidence."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    predicted = probabilities.argmax(axis=1)
+    wrong = int(np.sum(predicted != labels))
+    worst = confident_mistakes(labels, probabilities, count)
+    columns = min(4, max(1, len(worst)))
+    rows = max(1, -(-len(worst) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, index in zip(axes.flat, worst, strict=False):
+        with Image.open(paths[index]) as image:
+            axis.imshow(image.convert("RGB"))
+        axis.set_title(f"true: {classes[labels[index]]}\npredicted: {classes[predicted[index]]} "
+                       f"({probabilities[index, predicted[index]]:.2f})", fontsize=9)
+    if not len(worst):
+        axes[0, 0].text(0.5, 0.5, "no mistakes on the test split", ha="center", va="center")
+    figure.suptitle(f"Most confident mistakes ({len(worst)} of {wrong} wrong)")
+    _save_figure(figure, path)

@@ -7,10 +7,13 @@ from sklearn import metrics as sk
 from transfer.io import read_csv, write_csv
 from transfer.reports import (
     classification_report,
+    confident_mistakes,
     confusion_records,
     per_class_metrics,
+    plot_confident_mistakes,
     plot_confusion_matrix,
     plot_history,
+    plot_per_class,
     prediction_rows,
     summary_metrics,
 )
@@ -79,5 +82,23 @@ def test_figures_are_written_as_png(known, tmp_path):
             for e in (1, 2, 3)]
     plot_history(rows, tmp_path / "curves.png", "Head")
     plot_history([], tmp_path / "empty.png", "Fine-tune")
-    for name in ("confusion.png", "curves.png", "empty.png"):
+    plot_per_class(per_class_metrics(labels, probabilities.argmax(1), CLASSES), tmp_path / "per_class.png")
+    for name in ("confusion.png", "curves.png", "empty.png", "per_class.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_mistakes_gallery_shows_the_surest_wrong_predictions_first(tmp_path):
+    from PIL import Image
+
+    labels = np.array([0, 1, 2, 3, 0])
+    probabilities = np.array([[0.1, 0.9, 0, 0], [0, 1.0, 0, 0], [0.6, 0, 0.4, 0], [0, 0, 0, 1.0], [0.2, 0.7, 0.1, 0]])
+    assert list(confident_mistakes(labels, probabilities, count=2)) == [0, 4]
+    assert list(confident_mistakes(labels, probabilities, count=10)) == [0, 4, 2]
+    paths = []
+    for i in range(5):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", (20, 20), (i * 40, 0, 0)).save(paths[-1])
+    plot_confident_mistakes(paths, labels, probabilities, CLASSES, tmp_path / "mistakes.png", count=2)
+    plot_confident_mistakes(paths[1:2], labels[1:2], probabilities[1:2], CLASSES, tmp_path / "none.png")
+    for name in ("mistakes.png", "none.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
