@@ -92,8 +92,9 @@ def _number(text: str) -> float | None:
 def collect_execution(model=None, model_input_size: tuple[int, int] | None = None) -> dict[str, Any]:
     """Everything one execution left in its files, as the record :func:`log_execution` logs.
 
-    Test metrics go in as they are; each training stage's validation figures as ``head_*`` and
-    ``fine_tune_*``; each stage's wall time as ``<stage>_seconds`` and extraction throughput as
+    Test metrics go in as they are; each training stage's final validation figures as ``head_*`` and
+    ``fine_tune_*``, and its per-epoch history as the step metrics ``head_epoch_*`` and ``fine_tune_epoch_*``;
+    each stage's wall time as ``<stage>_seconds`` and extraction throughput as
     ``extract_features_images_per_second``.
     """
     tree = yaml.safe_load(Path(PARAMS_FILE).read_text(encoding="utf-8")) or {}
@@ -138,7 +139,7 @@ def _log(mlflow, run_name: str, record: dict[str, Any]) -> str:
         mlflow.log_metrics(metrics)
         for prefix, rows in record["histories"].items():
             for row in rows:
-                step_metrics = {f"{prefix}_{key}": float(value) for key, value in row.items()
+                step_metrics = {f"{prefix}_epoch_{key}": float(value) for key, value in row.items()
                                 if key != "epoch" and value not in (None, "")}
                 mlflow.log_metrics(step_metrics, step=int(row["epoch"]))
         for path in record["artifacts"]:

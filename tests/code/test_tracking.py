@@ -56,7 +56,7 @@ def test_a_run_carries_params_metrics_curves_artifacts_and_a_loadable_model(stor
     assert run.data.params["head.lr"] == "0.001" and run.data.params["head.hidden"] == "[128]"
     assert run.data.metrics["accuracy"] == 0.9 and "fine_tune_val_loss" not in run.data.metrics
     assert run.data.tags["dvc_exp_name"] == "test-exp" and run.info.run_name == "test-exp"
-    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "head_loss")] == [(1, 0.9), (2, 0.5)]
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "head_epoch_loss")] == [(1, 0.9), (2, 0.5)]
     assert [a.path for a in client.list_artifacts(run_id, "reports/evaluate")] == [
         "reports/evaluate/confusion_matrix.png"
     ]

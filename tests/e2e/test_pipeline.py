@@ -121,8 +121,8 @@ def test_each_execution_is_one_complete_mlflow_run_in_the_workspace_store(repo, 
     assert first.data.metrics["accuracy"] == json.loads((repo / "reports/metrics.json").read_text())["accuracy"]
     for name in ("extract_features_seconds", "extract_features_images_per_second", "train_head_seconds"):
         assert first.data.metrics[name] > 0, name
-    assert len(client.get_metric_history(first.info.run_id, "head_val_loss")) >= 1
-    assert len(client.get_metric_history(first.info.run_id, "fine_tune_loss")) == 1
+    assert len(client.get_metric_history(first.info.run_id, "head_epoch_val_loss")) >= 1
+    assert len(client.get_metric_history(first.info.run_id, "fine_tune_epoch_loss")) == 1
     artifacts = {a.path for folder in ("reports/evaluate", "reports/head") for a in
                  client.list_artifacts(first.info.run_id, folder)}
     assert {"reports/evaluate/confusion_matrix.png", "reports/head/curves.png"} <= artifacts
@@ -142,7 +142,7 @@ def test_a_run_restored_from_the_run_cache_is_still_logged(repo, first_run):
     assert len(after) == len(before) + 1
     newest = after[-1]
     assert newest.data.params["head.lr"] == "0.005" and newest.data.tags["dvc_exp_name"] != "workspace"
-    assert "head_loss" in newest.data.metrics and "train_head_seconds" in newest.data.metrics
+    assert "head_epoch_loss" in newest.data.metrics and "train_head_seconds" in newest.data.metrics
 
 
 def test_a_queued_experiment_lands_in_the_workspace_store(repo, first_run):
