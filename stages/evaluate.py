@@ -7,7 +7,6 @@ records, confusion matrix PNG, predictions CSV), reports/tracking.json (the MLfl
 """
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -68,8 +67,7 @@ def main() -> None:
              metrics["top_k"], metrics["top_k_accuracy"], metrics["macro_f1"], len(paths))
 
     # The whole execution becomes one MLflow run, gathered from the files every stage left.
-    run_name = os.environ.get("DVC_EXP_NAME", "workspace")
-    run_id = log_execution(run_name, collect_execution(model, input_size(model)))
+    run_id = log_execution(collect_execution(model, input_size(model)))
     write_json(TRACKING_RECORD, {"run_id": run_id, "tracking_uri": tracking_uri() if run_id else None})
 
 

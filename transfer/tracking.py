@@ -163,11 +163,10 @@ def _log(mlflow, run_name: str, record: dict[str, Any]) -> str:
         return run.info.run_id
 
 
-def log_execution(run_name: str, record: dict[str, Any]) -> str | None:
-    """Log one pipeline execution as one MLflow run; never raises.
+def log_execution(record: dict[str, Any]) -> str | None:
+    """Log one pipeline execution as one MLflow run, named after its DVC experiment; never raises.
 
     Args:
-        run_name: the run's display name (the DVC experiment name, or ``workspace``).
         record: ``params`` (flat), ``metrics`` (flat), ``histories`` ({prefix: per-epoch rows}), ``tags``,
             ``artifacts`` (file paths), and optionally ``model`` with ``model_input_size`` (height, width).
 
@@ -184,7 +183,7 @@ def log_execution(run_name: str, record: dict[str, Any]) -> str | None:
         mlflow.set_tracking_uri(uri)
         for attempt in range(1, LOCK_RETRIES + 1):
             try:
-                run_id = _log(mlflow, run_name, record)
+                run_id = _log(mlflow, record["tags"].get("dvc_exp_name", "workspace"), record)
                 log.info("mlflow: logged run %s to %s", run_id, uri)
                 return run_id
             except Exception as error:  # noqa: BLE001 - only a locked SQLite store is worth another try

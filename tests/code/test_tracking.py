@@ -49,7 +49,7 @@ def test_a_run_carries_params_metrics_curves_artifacts_and_a_loadable_model(stor
     monkeypatch.chdir(store)
     extractor = build_feature_extractor(resolve(BackboneParams("mobilenetv2_0.35", "none", (32, 32))))
     model = assemble_classifier(extractor, build_head(1280, 3, [], 0.0, False))
-    run_id = tracking.log_execution("test-exp", _record(store, model))
+    run_id = tracking.log_execution(_record(store, model))
     assert run_id
     client = mlflow.MlflowClient(tracking.tracking_uri())
     run = client.get_run(run_id)
@@ -64,14 +64,14 @@ def test_a_run_carries_params_metrics_curves_artifacts_and_a_loadable_model(stor
     loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(np.asarray(loaded.predict(images)), np.asarray(model(images)), rtol=1e-5, atol=1e-6)
-    second = tracking.log_execution("another", _record(store / "again"))
+    second = tracking.log_execution(_record(store / "again"))
     assert len(client.search_runs([run.info.experiment_id])) == 2 and second != run_id
 
 
 def test_an_unreachable_server_is_a_warning_not_a_failure(store, monkeypatch, caplog):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     start = time.perf_counter()
-    assert tracking.log_execution("x", _record(store)) is None
+    assert tracking.log_execution(_record(store)) is None
     assert time.perf_counter() - start < 60
     assert "MLflow tracking to http://127.0.0.1:9 failed" in caplog.text
     assert "output files are the record" in caplog.text
