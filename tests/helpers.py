@@ -84,19 +84,25 @@ def make_pipeline_repo(root: Path, overrides: dict) -> Path:
     return root
 
 
-def run(command: list[str], cwd: Path, check: bool = True):
-    """Run a command with this interpreter's environment first on PATH; returns the completed process."""
+def run(command: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None):
+    """Run a command with this interpreter's environment first on PATH; returns the completed process.
+
+    ``MLFLOW_TRACKING_URI`` is passed on only through ``env``: ``mlflow.set_tracking_uri`` in the test
+    process exports it, and it must not redirect the pipeline's own default store.
+    """
     import os
     import subprocess
     import sys
 
-    env = dict(os.environ)
+    extra = env or {}
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(
         GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
         GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
         DVC_NO_ANALYTICS="1",
     )
+    env.update(extra)
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")

@@ -208,15 +208,9 @@ def test_mlflow_server_serves_the_runs_over_rest(repo, first_run):
 
 
 def test_an_unreachable_tracking_server_warns_and_the_stage_still_succeeds(repo, first_run):
-    import os
-
     _back_to_baseline(repo)
     (repo / "reports/metrics.json").unlink()
-    os.environ["MLFLOW_TRACKING_URI"] = "http://127.0.0.1:9"
-    try:
-        result = run(["python", "stages/evaluate.py"], repo)
-    finally:
-        del os.environ["MLFLOW_TRACKING_URI"]
+    result = run(["python", "stages/evaluate.py"], repo, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
     assert "MLflow tracking to http://127.0.0.1:9 failed" in result.stderr + result.stdout
     assert json.loads((repo / "reports/metrics.json").read_text())["images"] == 9
     assert all((repo / "reports/evaluate" / name).stat().st_size > 0 for name in EVALUATE_FILES)
