@@ -25,14 +25,19 @@ FEATURE_DTYPES = ("float16", "float32")
 _MISSING = object()
 
 
-def repo_path(value: str) -> Path:
-    """A file path given in params.yaml: relative paths are relative to the repository root.
+def repository_root() -> Path:
+    """The main repository's root: ``DVC_ROOT`` inside a stage, else the working directory.
 
     DVC sets ``DVC_ROOT`` to the main repository's root for every stage, also for queued experiments that
-    run in a temporary copy, so ``../shared/photos.tgz`` means the same file wherever the stage runs.
+    run in a temporary copy, so paths anchored here mean the same file wherever the stage runs.
     """
+    return Path(os.environ.get("DVC_ROOT", "."))
+
+
+def repo_path(value: str) -> Path:
+    """A file path given in params.yaml: relative paths are relative to :func:`repository_root`."""
     path = Path(value).expanduser()
-    return path if path.is_absolute() else Path(os.environ.get("DVC_ROOT", ".")) / path
+    return path if path.is_absolute() else repository_root() / path
 
 
 class Params:

@@ -32,7 +32,7 @@ from transfer.layout import (
     TEST_METRICS,
     TIMINGS,
 )
-from transfer.params import PARAMS_FILE
+from transfer.params import PARAMS_FILE, repository_root
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +42,8 @@ ARTIFACTS_FOLDER = "mlartifacts"
 LOCK_RETRIES = 5  # SQLite allows one writer: queued experiments running side by side take turns.
 
 
-def repository_root() -> Path:
-    """The main repository's root: DVC_ROOT inside a stage (also in a queued experiment's copy), else cwd."""
-    return Path(os.environ.get("DVC_ROOT", ".")).resolve()
-
-
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repository_root() / STORE_FILE}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repository_root().resolve() / STORE_FILE}"
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -130,7 +125,7 @@ def _log(mlflow, run_name: str, record: dict[str, Any]) -> str:
         # A local store keeps its artifacts beside it at the repository root, not in the working directory,
         # which for a queued experiment is a temporary copy that DVC deletes afterwards.
         local = mlflow.get_tracking_uri().startswith(("sqlite:", "file:")) or "://" not in mlflow.get_tracking_uri()
-        location = (repository_root() / ARTIFACTS_FOLDER).as_uri() if local else None
+        location = (repository_root().resolve() / ARTIFACTS_FOLDER).as_uri() if local else None
         mlflow.create_experiment(EXPERIMENT, artifact_location=location)
     mlflow.set_experiment(EXPERIMENT)
     with mlflow.start_run(run_name=run_name, tags=record["tags"]) as run:
