@@ -1,16 +1,18 @@
 """download: fetch ``data.source`` (URL, local archive or local folder) into ``data/raw/<class>/``.
 
-Reads params: data.source, data.sha256.
-Writes: data/raw/
+Reads params: data.source, data.sha256, data.labels_csv, data.max_bytes.
+Writes: data/raw/, reports/download.json (the layout found; labels CSV rows that gave no image)
 """
 
 import logging
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this file as a script.
 
-from transfer.layout import RAW
+from transfer.io import write_json
+from transfer.layout import DOWNLOAD_REPORT, RAW
 from transfer.params import DataParams, Params, read_data
 from transfer.sources import fetch
 from transfer.stage import run_stage
@@ -24,8 +26,12 @@ def parse_params(params: Params) -> DataParams:
 
 def main() -> None:
     data = parse_params(Params.load())
-    classes = fetch(data.source, data.sha256, RAW)
-    log.info("download: %d classes in %s: %s", len(classes), RAW, ", ".join(classes))
+    fetched = fetch(data, RAW)
+    write_json(DOWNLOAD_REPORT, asdict(fetched))
+    classes = ", ".join(fetched.classes)
+    log.info("download: %d classes in %s (%s): %s", len(fetched.classes), RAW, fetched.layout, classes)
+    if fetched.excluded:
+        log.warning("download: %d labels CSV row(s) gave no image (see %s)", len(fetched.excluded), DOWNLOAD_REPORT)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """split: validate every image under ``data/raw`` and split them per class into train, val and test.
 
 Reads params: seed, split.val, split.test.
+Reads: data/raw/, reports/download.json (its left-out rows are listed again in reports/data.json)
 Writes: data/splits/{train,val,test}.csv (path,label), data/splits/classes.json, reports/data.json
 """
 
@@ -11,8 +12,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this file as a script.
 
 from transfer.datasets import data_report, scan_images, stratified_split, write_splits
-from transfer.io import atomic_path, write_json
-from transfer.layout import DATA_REPORT, RAW, SPLITS
+from transfer.io import atomic_path, read_json, write_json
+from transfer.layout import DATA_REPORT, DOWNLOAD_REPORT, RAW, SPLITS
 from transfer.params import Params, SplitParams, read_split
 from transfer.stage import run_stage
 
@@ -30,10 +31,11 @@ def main() -> None:
     with atomic_path(SPLITS) as staging:
         staging.mkdir()
         write_splits(staging, splits, scan.classes)
-    write_json(DATA_REPORT, data_report(scan, splits))
+    report = data_report(scan, splits, read_json(DOWNLOAD_REPORT) if DOWNLOAD_REPORT.is_file() else None)
+    write_json(DATA_REPORT, report)
     sizes = ", ".join(f"{name} {len(rows)}" for name, rows in splits.items())
     log.info("split: %d classes, %s; %d file(s) excluded (see %s)", len(scan.classes), sizes,
-             len(scan.excluded), DATA_REPORT)
+             len(report["excluded"]), DATA_REPORT)
 
 
 if __name__ == "__main__":

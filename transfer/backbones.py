@@ -7,6 +7,7 @@ without any error, so each family's layers are tested against Keras' own ``prepr
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 from transfer.errors import ParamError
@@ -118,10 +119,12 @@ def resolve(params: BackboneParams, source: str = "params.yaml") -> BackboneChoi
         ParamError: an unknown backbone (listing the valid ones), a missing weights file, or a size below
             the backbone's minimum.
     """
-    spec = REGISTRY.get(params.name)
+    spec = REGISTRY.get(params.name.strip().lower())
     if spec is None:
+        close = difflib.get_close_matches(params.name.strip().lower(), REGISTRY, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
         raise ParamError(
-            f"{source}: backbone = {params.name!r} is invalid: expected one of {', '.join(sorted(REGISTRY))}"
+            f"{source}: backbone = {params.name!r} is invalid: {hint}expected one of {', '.join(sorted(REGISTRY))}"
         )
     weights: str | None
     if params.weights.lower() == "imagenet":

@@ -16,7 +16,7 @@ import numpy as np
 
 from transfer.errors import DataError
 from transfer.io import read_csv, read_json, write_csv, write_json
-from transfer.sources import is_hidden
+from transfer.layout import is_hidden
 
 SPLITS = ("train", "val", "test")
 CLASSES_FILE = "classes.json"
@@ -37,12 +37,26 @@ class ImageScan:
     excluded: list[dict[str, str]] = field(default_factory=list)
 
 
+# Formats that cameras and scanners produce but TensorFlow's decoder does not read, by their first bytes.
+UNSUPPORTED_FORMATS = {b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"%PDF": "PDF"}
+SUPPORTED = "JPEG, PNG, GIF, BMP or WebP"
+
+
 def decode_problem(data: bytes) -> str | None:
-    """Why these bytes cannot be used as an image by the pipeline's own decoder, or None if they can."""
+    """Why these bytes cannot be used as an image by the pipeline's own decoder, or None if they can.
+
+    The decoder reads the content, not the extension (a PNG named ``.jpg`` is fine) and gives RGB
+    whatever the colour model: grayscale, CMYK, RGBA, palette and 16-bit images are converted.
+    """
     import tensorflow as tf
 
     if not data:
         return "empty file"
+    for magic, name in UNSUPPORTED_FORMATS.items():
+        if data.startswith(magic):
+            return f"{name} is not supported; convert it to {SUPPORTED}"
+    if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1"):
+        return f"HEIC is not supported; convert it to {SUPPORTED}"
     try:
         tf.io.decode_image(data, channels=3, expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
@@ -51,7 +65,14 @@ def decode_problem(data: bytes) -> str | None:
 
 
 def _inspect(path: Path) -> tuple[str | None, str]:
-    data = path.read_bytes()
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8; rename it", ""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return f"cannot be read: {error.strerror or error}", ""
     return decode_problem(data), hashlib.sha256(data).hexdigest()
 
 
@@ -209,18 +230,34 @@ def image_dataset(
     return dataset.batch(batch_size).prefetch(autotune)
 
 
-def data_report(scan: ImageScan, splits: dict[str, list[tuple[str, str]]]) -> dict:
-    """What split found and did: counts per class and split, and every excluded file with its reason."""
+def data_report(scan: ImageScan, splits: dict[str, list[tuple[str, str]]], fetched: dict | None = None) -> dict:
+    """What download and split found and did: counts per class and split, duplicates, every file left out.
+
+    Args:
+        scan: the validated images.
+        splits: the split made of them.
+        fetched: download's own report (``reports/download.json``), whose left-out labels CSV rows join the
+            list of excluded files; None when there is none.
+    """
     counts = {
         split: {name: sum(1 for _, label in rows if label == name) for name in scan.classes}
         for split, rows in splits.items()
     }
-    digests = [digest for _, _, digest in scan.images]
+    paths_of: dict[str, list[str]] = {}
+    for path, _, digest in scan.images:
+        paths_of.setdefault(digest, []).append(path)
+    duplicates = sorted(paths for paths in paths_of.values() if len(paths) > 1)
+    fetched = fetched or {}
+    excluded = [{**row, "stage": "download"} for row in fetched.get("excluded", [])]
+    excluded += [{**row, "stage": "split"} for row in scan.excluded]
     return {
         "classes": scan.classes,
         "images": len(scan.images),
+        "layout": fetched.get("layout", "class folders"),
         "split_sizes": {split: len(rows) for split, rows in splits.items()},
         "counts": counts,
-        "duplicate_images": len(digests) - len(set(digests)),
-        "excluded": scan.excluded,
+        "duplicate_images": sum(len(paths) - 1 for paths in duplicates),
+        "duplicates": duplicates,
+        "excluded": excluded,
+        "unlisted_by_labels_csv": fetched.get("unlisted", 0),
     }

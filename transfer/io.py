@@ -1,4 +1,9 @@
-"""Outputs written whole or not at all: everything goes to a temporary name first, then is renamed."""
+"""Outputs written whole or not at all: everything goes to a temporary name first, then is renamed.
+
+Temporaries are hidden siblings named after the writing process (``.features.tmp4242``), so a stage killed
+midway (``kill -9``, out of memory) leaves nothing under an output's name; the next writer of the same
+output clears what a dead process left behind.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,40 @@ import contextlib
 import csv
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 
-def _temporary_sibling(path: Path) -> Path:
+def _sibling(path: Path, kind: str) -> Path:
     # Same folder (so the rename is atomic), same suffix (Keras insists on ".keras"), hidden name.
-    return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    return path.with_name(f".{path.stem}.{kind}{os.getpid()}{path.suffix}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporaries of ``path`` left by processes that no longer run; returns what was removed."""
+    if not path.parent.is_dir():
+        return []
+    pattern = re.compile(rf"\.{re.escape(path.stem)}\.(?:tmp|old)(\d+){re.escape(path.suffix)}")
+    stale = []
+    for sibling in path.parent.iterdir():
+        match = pattern.fullmatch(sibling.name)
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            remove(sibling)
+            stale.append(sibling)
+    return stale
 
 
 @contextlib.contextmanager
@@ -25,13 +55,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary_sibling(final)
+    remove_stale_temporaries(final)
+    temporary = _sibling(final, "tmp")
     remove(temporary)
     try:
         yield temporary
         if final.is_dir() and not final.is_symlink():
             # A folder cannot be replaced by rename: move the old one aside first.
-            old = final.with_name(f".{final.name}.old{os.getpid()}")
+            old = _sibling(final, "old")
             os.replace(final, old)
             os.replace(temporary, final)
             remove(old)
@@ -39,6 +70,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(temporary, final)
     finally:
         remove(temporary)
+
+
+@contextlib.contextmanager
+def scratch_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """A hidden working folder beside ``path`` for this process, removed afterwards whatever happens."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final)
+    scratch = _sibling(final, "tmp")
+    remove(scratch)
+    scratch.mkdir()
+    try:
+        yield scratch
+    finally:
+        remove(scratch)
 
 
 def remove(path: Path) -> None:

@@ -9,6 +9,7 @@ HEAD_MODEL = Path("models/head.keras")
 MODEL = Path("models/model.keras")
 
 REPORTS = Path("reports")
+DOWNLOAD_REPORT = REPORTS / "download.json"  # the source's layout, and labels CSV rows that gave no image
 DATA_REPORT = REPORTS / "data.json"
 HEAD_REPORTS = REPORTS / "head"
 FINE_TUNE_REPORTS = REPORTS / "fine_tune"
@@ -21,3 +22,8 @@ TRACKING_RECORD = REPORTS / "tracking.json"  # the MLflow run evaluate logged
 HISTORY = "history.csv"
 STAGE_METRICS = "metrics.json"
 CURVES = "curves.png"
+
+
+def is_hidden(name: str) -> bool:
+    """Hidden entries (``.ipynb_checkpoints``, ``.DS_Store``) and macOS ``__MACOSX`` are never data."""
+    return name.startswith(".") or name == "__MACOSX"

@@ -55,6 +55,11 @@ class Params:
         self.source = source
         self.keys_read: set[str] = set()
 
+    @property
+    def tree(self) -> dict[str, Any]:
+        """The parsed mapping, as loaded."""
+        return self._tree
+
     @classmethod
     def load(cls, path: str | Path = PARAMS_FILE) -> Params:
         """Parse a params file; a missing or malformed file is a :class:`ParamError`."""
@@ -64,7 +69,7 @@ class Params:
         except FileNotFoundError:
             raise ParamError(f"{path}: no such params file (run the stages from the repository root)") from None
         except yaml.YAMLError as error:
-            raise ParamError(f"{path}: not valid YAML: {error}") from None
+            raise ParamError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
         return cls(tree or {}, source=str(path))
 
     def value(self, key: str) -> Any:
@@ -134,8 +139,20 @@ class Params:
 
 @dataclass(frozen=True)
 class DataParams:
+    """Where the photos come from.
+
+    Attributes:
+        source: a URL, a local archive or a local folder.
+        sha256: the archive's expected checksum, or None.
+        labels_csv: None for one folder per class; else a CSV (inside the source, or a local path) that
+            labels a flat folder of images.
+        max_bytes: the most an archive may unpack to, or a download may weigh.
+    """
+
     source: str
     sha256: str | None
+    labels_csv: str | None
+    max_bytes: int
 
 
 @dataclass(frozen=True)
@@ -194,7 +211,12 @@ def read_data(params: Params) -> DataParams:
     sha256 = params.text("data.sha256", optional=True)
     if sha256 is not None and (len(sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha256)):
         raise params.fail("data.sha256", sha256, "64 hexadecimal digits or null")
-    return DataParams(source=params.text("data.source"), sha256=sha256 and sha256.lower())
+    return DataParams(
+        source=params.text("data.source"),
+        sha256=sha256 and sha256.lower(),
+        labels_csv=params.text("data.labels_csv", optional=True),
+        max_bytes=params.int("data.max_bytes", minimum=1),
+    )
 
 
 def read_split(params: Params) -> SplitParams:
@@ -281,7 +303,7 @@ def read_backbone(params: Params) -> BackboneParams:
             raise params.fail("image_size", params.value("image_size"), "null, a positive integer, or [height, width]")
         size = (size[0], size[1])
     return BackboneParams(
-        name=params.text("backbone").strip().lower(),
+        name=params.text("backbone"),
         weights=params.text("weights").strip(),
         image_size=size,
     )

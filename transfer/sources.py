@@ -1,25 +1,30 @@
 """Getting a dataset into ``data/raw/<class>/``: from a URL, a local archive, or a local folder.
 
+The images come as one subfolder per class, or as a flat folder labelled by a CSV (``data.labels_csv``).
 Downloads are checked against ``data.sha256`` when it is set, archives are extracted without letting any
-member land outside the target, and the result appears under its final name only when it is complete.
+member land outside the target or unpack past ``data.max_bytes``, and the result appears under its final
+name only when it is complete.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import shutil
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.request
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from transfer.errors import DataError
-from transfer.io import atomic_path
-from transfer.params import repo_path
+from transfer.io import atomic_path, scratch_folder
+from transfer.labels_csv import arrange_by_label, locate_labels_csv
+from transfer.layout import is_hidden
+from transfer.params import DataParams, repo_path
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +37,6 @@ def is_url(source: str) -> bool:
     return source.startswith(("http://", "https://"))
 
 
-def is_hidden(name: str) -> bool:
-    """Hidden entries (``.ipynb_checkpoints``, ``.DS_Store``) and macOS ``__MACOSX`` are never data."""
-    return name.startswith(".") or name == "__MACOSX"
-
-
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -45,10 +45,11 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download(url: str, destination: Path) -> None:
+def download(url: str, destination: Path, max_bytes: int) -> None:
     """Download ``url`` to ``destination`` with a progress bar, retrying on network errors.
 
-    A download whose length differs from the server's Content-Length is an error, never a result.
+    A download cut short (fewer bytes than the server's Content-Length) is an error, never a result; one
+    heavier than ``max_bytes`` is refused.
     """
     from tqdm import tqdm
 
@@ -56,20 +57,30 @@ def download(url: str, destination: Path) -> None:
         try:
             with urllib.request.urlopen(url, timeout=60) as response, destination.open("wb") as out:
                 expected = int(response.headers.get("Content-Length") or 0) or None
+                if expected is not None and expected > max_bytes:
+                    raise _TooLarge(f"data.source {url} is {expected} bytes, over data.max_bytes = {max_bytes}")
                 with tqdm(total=expected, unit="B", unit_scale=True, desc=f"download {Path(url).name}") as bar:
                     received = 0
                     for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
                         out.write(chunk)
                         received += len(chunk)
                         bar.update(len(chunk))
+                        if received > max_bytes:
+                            raise _TooLarge(f"data.source {url} passed data.max_bytes = {max_bytes} bytes")
             if expected is not None and received != expected:
                 raise DataError(f"download of {url} stopped at {received} of {expected} bytes")
             return
-        except (urllib.error.URLError, OSError, DataError) as error:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, DataError) as error:
+            if isinstance(error, _TooLarge):
+                raise
             if attempt == DOWNLOAD_ATTEMPTS:
-                raise DataError(f"cannot download data.source {url}: {error}") from None
-            log.warning("download attempt %d failed (%s); retrying", attempt, error)
+                raise DataError(f"cannot download data.source {url}: {error or type(error).__name__}") from None
+            log.warning("download attempt %d failed (%s); retrying", attempt, error or type(error).__name__)
             time.sleep(2**attempt)
+
+
+class _TooLarge(DataError):
+    """A download over ``data.max_bytes``: retrying would not help."""
 
 
 def _check_member(name: str, archive: Path) -> None:
@@ -78,17 +89,33 @@ def _check_member(name: str, archive: Path) -> None:
         raise DataError(f"archive {archive} is refused: member {name!r} would be written outside the target")
 
 
-def extract(archive: Path, target: Path) -> None:
-    """Extract a .tgz, .tar.gz, .tar or .zip archive into ``target``, refusing members that escape it."""
+def _check_size(total: int, archive: Path, max_bytes: int) -> None:
+    if total > max_bytes:
+        raise DataError(
+            f"archive {archive} is refused: it unpacks to {total} bytes, over data.max_bytes = {max_bytes}"
+        )
+
+
+def extract(archive: Path, target: Path, max_bytes: int) -> None:
+    """Extract a .tgz, .tar.gz, .tar or .zip archive into ``target``.
+
+    Every member is checked before anything is written: none may land outside ``target`` (absolute paths,
+    ``..``, links pointing out), none may be a device or pipe, and together they may not unpack to more
+    than ``max_bytes``. Sizes are the archive's own: zipfile and tarfile never write more than a member
+    declares, so a forged header cannot unpack more than it admits.
+    """
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as bundle:
-                for name in bundle.namelist():
-                    _check_member(name, archive)
+                members = bundle.infolist()
+                for member in members:
+                    _check_member(member.filename, archive)
+                _check_size(sum(member.file_size for member in members), archive, max_bytes)
                 bundle.extractall(target)
             return
         with tarfile.open(archive, "r:*") as bundle:
-            for member in bundle.getmembers():
+            members = bundle.getmembers()
+            for member in members:
                 _check_member(member.name, archive)
                 if member.issym() or member.islnk():
                     link = PurePosixPath(member.name).parent / member.linkname
@@ -97,26 +124,34 @@ def extract(archive: Path, target: Path) -> None:
                     _check_member(str(link), archive)
                 elif not (member.isfile() or member.isdir()):
                     raise DataError(f"archive {archive} is refused: member {member.name!r} is a device or pipe")
+            _check_size(sum(member.size for member in members if member.isfile()), archive, max_bytes)
             # The "data" filter repeats these checks inside tarfile itself.
             bundle.extractall(target, filter="data")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
-        raise DataError(f"archive {archive} is broken or not a .tgz/.tar.gz/.tar/.zip archive: {error}") from None
+        detail = " ".join(str(error).split())  # tarfile lists each method it tried on lines of their own
+        raise DataError(f"archive {archive} is broken or not a .tgz/.tar.gz/.tar/.zip archive: {detail}") from None
+
+
+def unwrap(folder: Path) -> Path:
+    """Descend through single wrapper folders (``flower_photos/``, ``dataset-v2/``) to the real top."""
+    while True:
+        children = [child for child in folder.iterdir() if not is_hidden(child.name)]
+        if len(children) == 1 and children[0].is_dir():
+            folder = children[0]
+            continue
+        return folder
 
 
 def find_class_root(folder: Path) -> Path:
     """The folder whose subfolders are the classes: descends through single wrapper folders like ``flower_photos/``."""
-    while True:
-        children = [child for child in folder.iterdir() if not is_hidden(child.name)]
-        subfolders = [child for child in children if child.is_dir()]
-        if len(subfolders) == 1 and len(children) == 1:
-            folder = subfolders[0]
-            continue
-        if len(subfolders) < 2:
-            raise DataError(
-                f"{folder} holds {len(subfolders)} class folder(s); expected one subfolder per class "
-                "(at least two), each holding that class's images"
-            )
-        return folder
+    folder = unwrap(folder)
+    subfolders = [child for child in folder.iterdir() if child.is_dir() and not is_hidden(child.name)]
+    if len(subfolders) < 2:
+        raise DataError(
+            f"{folder} holds {len(subfolders)} class folder(s); expected one subfolder per class "
+            "(at least two), each holding that class's images, or set data.labels_csv for a flat folder"
+        )
+    return folder
 
 
 def copy_classes(root: Path, target: Path) -> list[str]:
@@ -128,47 +163,79 @@ def copy_classes(root: Path, target: Path) -> list[str]:
     ignore = shutil.ignore_patterns(".*", "__MACOSX")
     classes = sorted(child.name for child in root.iterdir() if child.is_dir() and not is_hidden(child.name))
     for name in classes:
-        shutil.copytree(root / name, target / name, ignore=ignore, symlinks=False)
+        # Links are followed; a dangling one is no image and is left behind.
+        shutil.copytree(root / name, target / name, ignore=ignore, symlinks=False, ignore_dangling_symlinks=True)
     return classes
 
 
-def fetch(source: str, sha256: str | None, target: Path) -> list[str]:
-    """Materialise ``source`` as ``target/<class>/<images>``, whole or not at all.
+@dataclass
+class Fetched:
+    """What :func:`fetch` put in the target.
+
+    Attributes:
+        classes: the class folder names, sorted.
+        layout: ``"class folders"`` or ``"labels CSV <name>"``.
+        excluded: {"path", "reason"} for each labels CSV row that gave no image.
+        unlisted: files beside the labelled images that the labels CSV does not name.
+    """
+
+    classes: list[str]
+    layout: str
+    excluded: list[dict[str, str]] = field(default_factory=list)
+    unlisted: int = 0
+
+
+def _local_source(source: str) -> Path:
+    path = repo_path(source)
+    if not path.exists():
+        raise DataError(f"data.source = {source!r} is invalid: no such file or folder (looked for {path.resolve()})")
+    if path.is_file() and not path.name.lower().endswith(ARCHIVE_SUFFIXES):
+        raise DataError(
+            f"data.source = {source!r} is invalid: expected a URL, a folder, or an archive "
+            f"ending in {', '.join(ARCHIVE_SUFFIXES)}"
+        )
+    return path
+
+
+def fetch(data: DataParams, target: Path) -> Fetched:
+    """Materialise ``data.source`` as ``target/<class>/<images>``, whole or not at all.
 
     Args:
-        source: an http(s) URL or a local path to an archive or to a folder of class folders.
-        sha256: the expected checksum of the archive, or None to skip the check.
-        target: the folder to create (replaced if it exists).
-
-    Returns:
-        The class names found.
+        data: the source (URL, local archive or folder), its checksum, the labels CSV if the images are
+            not filed by class, and the size bound.
+        target: the folder to create (replaced if it exists; untouched on any error).
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=target.parent) as scratch_name:
-        scratch = Path(scratch_name)
-        if is_url(source):
+    with scratch_folder(target.with_name(f"{target.name}-fetch")) as scratch:
+        if is_url(data.source):
             archive = scratch / "download"
-            download(source, archive)
+            download(data.source, archive, data.max_bytes)
         else:
-            archive = repo_path(source)
-            if not archive.exists():
-                raise DataError(f"data.source = {source!r} is invalid: no such file or folder")
+            archive = _local_source(data.source)
         if archive.is_dir():
-            if sha256:
-                raise DataError(f"data.sha256 is set but data.source = {source!r} is a folder; set it to null")
-            root = find_class_root(archive)
+            if data.sha256:
+                raise DataError(f"data.sha256 is set but data.source = {data.source!r} is a folder; set it to null")
+            root = archive
         else:
-            if sha256:
+            if data.sha256:
                 actual = sha256_of(archive)
-                if actual != sha256:
-                    raise DataError(f"checksum mismatch for {source}: data.sha256 is {sha256}, the file has {actual}")
-            if not archive.name.lower().endswith(ARCHIVE_SUFFIXES) and not is_url(source):
-                raise DataError(
-                    f"data.source = {source!r} is invalid: expected a URL, a folder, or an archive "
-                    f"ending in {', '.join(ARCHIVE_SUFFIXES)}"
-                )
-            extract(archive, scratch / "extracted")
-            root = find_class_root(scratch / "extracted")
+                if actual != data.sha256:
+                    raise DataError(
+                        f"checksum mismatch for {data.source}: data.sha256 is {data.sha256}, the file has {actual}"
+                    )
+            extract(archive, scratch / "extracted", data.max_bytes)
+            root = scratch / "extracted"
         with atomic_path(target) as staging:
             staging.mkdir()
-            return copy_classes(root, staging)
+            if data.labels_csv is None:
+                return Fetched(classes=copy_classes(find_class_root(root), staging), layout="class folders")
+            labels = locate_labels_csv(data.labels_csv, unwrap(root))
+            # Paths in a CSV shipped with the images are relative to its own folder; otherwise to the source.
+            images = labels.parent if labels.is_relative_to(root) else root
+            arranged = arrange_by_label(labels, images, staging)
+            return Fetched(
+                classes=arranged.classes,
+                layout=f"labels CSV {labels.name}",
+                excluded=arranged.excluded,
+                unlisted=arranged.unlisted,
+            )

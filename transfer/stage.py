@@ -10,20 +10,23 @@ from collections.abc import Callable
 from transfer.errors import UserError
 from transfer.io import write_json
 from transfer.layout import TIMINGS
+from transfer.validation import check_params
 
 
 def run_stage(name: str, main: Callable[[], dict | None]) -> None:
     """Run a stage's ``main`` and record its wall time in ``reports/timings/<name>.json``.
 
-    ``main`` may return a dict of further figures (such as throughput) to record with the time. A
+    The whole of ``params.yaml`` is checked first, so a bad value anywhere stops the pipeline before any
+    work. ``main`` may return a dict of further figures (such as throughput) to record with the time. A
     :class:`UserError` exits with status 2 and one line on stderr, no traceback.
     """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()
     try:
+        check_params()
         figures = main() or {}
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print("error: " + " ".join(str(error).split()), file=sys.stderr)  # one line, always
         sys.exit(2)
     # The stage's own wall time wins over any "seconds" among the figures (extraction reports its loop's).
     write_json(TIMINGS / f"{name}.json", {**figures, "seconds": round(time.perf_counter() - start, 2)})

@@ -1,13 +1,56 @@
 """Scanning and splitting: corrupt files are excluded with a reason; the split is stratified, seeded, leak-free."""
 
+import io
 import shutil
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from transfer.datasets import read_classes, read_split, scan_images, stratified_split, write_splits
+from transfer.datasets import (
+    data_report,
+    load_image,
+    read_classes,
+    read_split,
+    scan_images,
+    stratified_split,
+    write_splits,
+)
 from transfer.errors import DataError
+
+# A smooth RGB gradient: JPEG keeps it within a few levels, so decoded pixels can be compared.
+_Y, _X = np.mgrid[0:40, 0:50]
+GRADIENT = np.stack([_X * 5, _Y * 6, (_X + _Y) * 2], axis=-1).astype(np.uint8)
+
+
+def _encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def _png16(pixels: np.ndarray) -> bytes:
+    import tensorflow as tf
+
+    return tf.io.encode_png(tf.constant(pixels.astype(np.uint16) * 257)).numpy()
+
+
+# name: (bytes, the RGB pixels the pipeline must see, tolerance in mean absolute levels)
+COLOUR_MODELS = {
+    "cmyk.jpg": (_encoded(Image.fromarray(GRADIENT).convert("CMYK"), "JPEG", quality=95), GRADIENT, 2.0),
+    "gray.jpg": (_encoded(Image.fromarray(GRADIENT[..., 0]), "JPEG", quality=95),
+                 np.repeat(GRADIENT[..., :1], 3, axis=-1), 2.0),
+    "rgba.png": (_encoded(Image.fromarray(np.dstack([GRADIENT, np.full(GRADIENT.shape[:2], 90, np.uint8)])), "PNG"),
+                 GRADIENT, 0.0),
+    "deep16.png": (_png16(GRADIENT), GRADIENT, 0.0),
+    "gray16.png": (_encoded(Image.fromarray(GRADIENT[..., 1].astype(np.uint16) * 257), "PNG"),
+                   np.repeat(GRADIENT[..., 1:2], 3, axis=-1), 0.0),
+    "palette_gif_named.jpg": (_encoded(Image.fromarray(GRADIENT).convert("P", palette=Image.Palette.ADAPTIVE), "GIF"),
+                              GRADIENT, 6.0),
+    "bitmap.bmp": (_encoded(Image.fromarray(GRADIENT), "BMP"), GRADIENT, 0.0),
+}
 
 
 @pytest.fixture
@@ -31,6 +74,57 @@ def test_bad_files_are_excluded_with_a_reason(raw):
     assert reasons["square/truncated.jpg"].startswith("cannot be decoded")
     assert "square/png_named.jpg" in {path for path, _, _ in scan.images}
     assert scan.classes == ["circle", "square", "triangle"]
+
+
+@pytest.mark.parametrize("name", sorted(COLOUR_MODELS))
+def test_every_colour_model_is_kept_and_read_as_rgb(raw, name):
+    data, expected, tolerance = COLOUR_MODELS[name]
+    (raw / "circle" / name).write_bytes(data)
+    scan = scan_images(raw)
+    assert f"circle/{name}" in {path for path, _, _ in scan.images}, scan.excluded
+    pixels = load_image(str(raw / "circle" / name), expected.shape[:2]).numpy()
+    assert pixels.shape == (*expected.shape[:2], 3)
+    assert np.abs(pixels - expected).mean() <= tolerance
+
+
+def test_unsupported_and_unreadable_files_say_why(raw, monkeypatch):
+    (raw / "circle" / "scan.jpg").write_bytes(_encoded(Image.fromarray(GRADIENT), "TIFF"))
+    (raw / "circle" / "locked.jpg").write_bytes(b"\xff\xd8")
+    (raw / "circle" / ".ipynb_checkpoints").mkdir()
+    (raw / "circle" / ".ipynb_checkpoints" / "circle_000-checkpoint.jpg").write_bytes(b"")
+    (raw / ".DS_Store").write_bytes(b"junk")
+    original = Path.read_bytes
+
+    def read_bytes(path):
+        if path.name == "locked.jpg":
+            raise PermissionError(13, "Permission denied")
+        return original(path)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    reasons = {row["path"]: row["reason"] for row in scan_images(raw).excluded}
+    assert reasons == {
+        "circle/scan.jpg": "TIFF is not supported; convert it to JPEG, PNG, GIF, BMP or WebP",
+        "circle/locked.jpg": "cannot be read: Permission denied",
+    }, "hidden entries are neither images nor exclusions"
+
+
+def test_the_data_report_lists_duplicates_and_download_exclusions(raw):
+    shutil.copy(raw / "circle" / "circle_000.jpg", raw / "circle" / "again.jpg")
+    (raw / "circle" / "empty.jpg").write_bytes(b"")
+    scan = scan_images(raw)
+    splits = stratified_split(scan.images, scan.classes, 0.2, 0.2, seed=0)
+    fetched = {"layout": "labels CSV labels.csv", "unlisted": 3,
+               "excluded": [{"path": "gone", "reason": "listed in labels.csv but no such image"}]}
+    report = data_report(scan, splits, fetched)
+    assert report["duplicates"] == [["circle/again.jpg", "circle/circle_000.jpg"]]
+    assert report["duplicate_images"] == 1
+    assert report["excluded"] == [
+        {"path": "gone", "reason": "listed in labels.csv but no such image", "stage": "download"},
+        {"path": "circle/empty.jpg", "reason": "empty file", "stage": "split"},
+    ]
+    assert report["counts"]["train"]["circle"] + report["counts"]["val"]["circle"] + (
+        report["counts"]["test"]["circle"]) == 21
+    assert report["layout"] == "labels CSV labels.csv" and report["unlisted_by_labels_csv"] == 3
 
 
 def test_an_image_under_two_labels_is_dropped(raw):

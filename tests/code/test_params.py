@@ -1,7 +1,11 @@
 """params.yaml is read in one place; every bad value is a one-line error naming the key and what is allowed."""
 
-import pytest
+import re
 
+import pytest
+import yaml
+
+from tests.helpers import set_param
 from transfer.errors import ParamError
 from transfer.params import (
     Params,
@@ -13,6 +17,8 @@ from transfer.params import (
     read_head,
     read_split,
 )
+from transfer.stage import run_stage
+from transfer.validation import _leaves, check_all
 
 
 def test_the_repository_params_parse(params_tree):
@@ -29,38 +35,80 @@ def test_the_repository_params_parse(params_tree):
 
 
 @pytest.mark.parametrize(
-    ("key", "value", "reader", "expected"),
+    ("key", "value", "expected"),
     [
-        ("split.val", 1.5, read_split, "a number in [0.0, 1.0)"),
-        ("split.test", 0.9, read_split, "split.val + split.test below 1"),
-        ("head.dropout", 1.0, read_head, "[0.0, 1.0)"),
-        ("head.epochs", 0, read_head, "an integer >= 1"),
-        ("head.batch_size", "32", read_head, "an integer >= 1"),
-        ("head.hidden", [128, -1], read_head, "a list of integers >= 1"),
-        ("head.lr", 0, read_head, "a positive number"),
-        ("head.class_weight", "auto", read_head, "one of balanced, none"),
-        ("head.batchnorm", "yes", read_head, "true or false"),
-        ("fine_tune.epochs", -1, read_fine_tune, "an integer >= 0"),
-        ("fine_tune.unfreeze", -3, read_fine_tune, "a number of top layers >= 0, or a layer name"),
-        ("fine_tune.augment.zoom", 2, read_fine_tune, "[0.0, 0.9]"),
-        ("features.dtype", "int8", read_features, "one of float16, float32"),
-        ("evaluate.top_k", 0, read_evaluate, "an integer >= 1"),
-        ("data.sha256", "abc", read_data, "64 hexadecimal digits"),
-        ("image_size", [224], read_backbone, "null, a positive integer, or [height, width]"),
+        ("seed", "42", "an integer"),
+        ("data.source", "", "a non-empty string"),
+        ("data.sha256", "abc", "64 hexadecimal digits"),
+        ("data.labels_csv", 3, "a non-empty string or null"),
+        ("data.max_bytes", 0, "an integer >= 1"),
+        ("split.val", 1.5, "a number in [0.0, 1.0)"),
+        ("split.val", -0.1, "a number in [0.0, 1.0)"),
+        ("split.test", 0.9, "split.val + split.test below 1"),
+        ("backbone", "ResNet5O", "did you mean resnet50? expected one of convnext_base, "),
+        ("weights", "models/nowhere.h5", "the path of an existing weights file"),
+        ("image_size", [224], "null, a positive integer, or [height, width]"),
+        ("image_size", 16, "efficientnetb0 needs at least 32x32"),
+        ("features.batch_size", 0, "an integer >= 1"),
+        ("features.dtype", "int8", "one of float16, float32"),
+        ("head.dropout", 1.0, "[0.0, 1.0)"),
+        ("head.epochs", 0, "an integer >= 1"),
+        ("head.batch_size", "32", "an integer >= 1"),
+        ("head.hidden", [128, -1], "a list of integers >= 1"),
+        ("head.lr", 0, "a positive number"),
+        ("head.patience", -1, "an integer >= 0"),
+        ("head.class_weight", "auto", "one of balanced, none"),
+        ("head.batchnorm", "yes", "true or false"),
+        ("head.label_smoothing", 1, "a number in [0.0, 1.0)"),
+        ("fine_tune.epochs", -1, "an integer >= 0"),
+        ("fine_tune.unfreeze", -3, "a number of top layers >= 0, or a layer name"),
+        ("fine_tune.lr", float("nan"), "a positive number"),
+        ("fine_tune.batch_size", 0, "an integer >= 1"),
+        ("fine_tune.augment.zoom", 2, "[0.0, 0.9]"),
+        ("fine_tune.augment.flip", 1, "true or false"),
+        ("evaluate.top_k", 0, "an integer >= 1"),
+        ("evaluate.batch_size", 2.5, "an integer >= 1"),
     ],
 )
-def test_bad_values_name_the_key_the_value_and_what_is_allowed(params_tree, key, value, reader, expected):
-    section, _, leaf = key.rpartition(".")
-    node = params_tree
-    for part in filter(None, section.split(".")):
-        node = node[part]
-    node[leaf] = value
+def test_bad_values_name_the_key_the_value_and_what_is_allowed(params_tree, key, value, expected):
+    set_param(params_tree, key, value)
     with pytest.raises(ParamError) as raised:
-        reader(Params(params_tree))
+        check_all(Params(params_tree))
     message = str(raised.value)
     assert key in message and expected in message
-    assert repr(value) in message or key == "split.test"
+    assert repr(value) in message or key in ("split.test", "image_size")
     assert "\n" not in message
+
+
+def test_the_whole_file_is_checked_in_one_place(params_tree):
+    params = Params(params_tree)
+    check_all(params)
+    assert params.keys_read == set(_leaves(params_tree)), "every key is read, so none goes unchecked"
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [("head.dropuot", "head.dropuot is not a known param; did you mean head.dropout?"),
+     ("fine_tune.augment.brightness", "fine_tune.augment.brightness is not a known param"),
+     ("colour", "colour is not a known param; remove it")],
+)
+def test_an_unknown_key_is_a_typo_until_proven_otherwise(params_tree, key, expected):
+    set_param(params_tree, key, 0.3)
+    with pytest.raises(ParamError, match=re.escape(expected)):
+        check_all(Params(params_tree))
+
+
+def test_run_stage_checks_every_section_before_any_work(params_tree, tmp_path, monkeypatch, capsys):
+    set_param(params_tree, "evaluate.top_k", 0)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_tree))
+    monkeypatch.chdir(tmp_path)
+    worked = []
+    with pytest.raises(SystemExit) as exited:
+        run_stage("download", lambda: worked.append(True))
+    assert exited.value.code == 2 and not worked
+    err = capsys.readouterr().err.strip()
+    assert err == "error: params.yaml: evaluate.top_k = 0 is invalid: expected an integer >= 1"
+    assert not (tmp_path / "reports").exists(), "a refused stage writes nothing, not even its timing"
 
 
 def test_a_missing_key_is_named(params_tree):
@@ -79,8 +127,9 @@ def test_a_missing_or_broken_file_is_a_param_error(tmp_path):
     with pytest.raises(ParamError, match="no such params file"):
         Params.load(tmp_path / "params.yaml")
     (tmp_path / "params.yaml").write_text("seed: [1\n")
-    with pytest.raises(ParamError, match="not valid YAML"):
+    with pytest.raises(ParamError, match="not valid YAML") as raised:
         Params.load(tmp_path / "params.yaml")
+    assert "\n" not in str(raised.value)
 
 
 def test_image_size_accepts_an_int_or_a_pair(params_tree):

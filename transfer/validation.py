@@ -1,0 +1,64 @@
+"""The whole of ``params.yaml`` checked before any stage does any work.
+
+Each stage reads only its own keys (that is what keeps DVC's dependencies exact), so a bad value in a later
+stage's section would otherwise surface only after the earlier stages had spent minutes. Every stage calls
+:func:`check_params` first: a wrong type, an out-of-range value, an unknown backbone, a missing weights file,
+an image size the backbone refuses, or a key nobody reads (a typo) stops it with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+from transfer.backbones import resolve
+from transfer.errors import ParamError
+from transfer.params import (
+    PARAMS_FILE,
+    Params,
+    read_backbone,
+    read_data,
+    read_evaluate,
+    read_features,
+    read_fine_tune,
+    read_head,
+    read_split,
+)
+
+
+def _leaves(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            keys.extend(_leaves(value, f"{prefix}{key}."))
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def check_all(params: Params) -> None:
+    """Read every section of ``params`` as the stages will, and refuse keys that none of them reads.
+
+    Raises:
+        ParamError: naming the first bad key, its value and what is allowed.
+    """
+    params.int("seed")
+    read_data(params)
+    read_split(params)
+    resolve(read_backbone(params), params.source)
+    read_features(params)
+    read_head(params)
+    read_fine_tune(params)
+    read_evaluate(params)
+    unknown = sorted(set(_leaves(params.tree)) - params.keys_read)
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, sorted(params.keys_read), n=1)
+        hint = f"did you mean {close[0]}?" if close else "remove it"
+        raise ParamError(f"{params.source}: {key} is not a known param; {hint}")
+
+
+def check_params(path: str | Path = PARAMS_FILE) -> None:
+    """Check the params file at ``path`` as a whole (see :func:`check_all`)."""
+    check_all(Params.load(path))
