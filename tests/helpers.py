@@ -84,17 +84,15 @@ def make_pipeline_repo(root: Path, overrides: dict) -> Path:
     return root
 
 
-def run(command: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None):
-    """Run a command with this interpreter's environment first on PATH; returns the completed process.
+def pipeline_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment pipeline commands run in: this interpreter's tools first on PATH, a git identity.
 
-    ``MLFLOW_TRACKING_URI`` is passed on only through ``env``: ``mlflow.set_tracking_uri`` in the test
+    ``MLFLOW_TRACKING_URI`` is passed on only through ``extra``: ``mlflow.set_tracking_uri`` in the test
     process exports it, and it must not redirect the pipeline's own default store.
     """
     import os
-    import subprocess
     import sys
 
-    extra = env or {}
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(
@@ -102,8 +100,15 @@ def run(command: list[str], cwd: Path, check: bool = True, env: dict[str, str] |
         GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
         DVC_NO_ANALYTICS="1",
     )
-    env.update(extra)
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    env.update(extra or {})
+    return env
+
+
+def run(command: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None):
+    """Run a command in :func:`pipeline_env` (plus ``env``); returns the completed process."""
+    import subprocess
+
+    result = subprocess.run(command, cwd=cwd, env=pipeline_env(env), capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
@@ -114,3 +119,45 @@ def stages_run(result) -> list[str]:
     import re
 
     return re.findall(r"Running stage '([^']+)'", result.stdout + result.stderr)
+
+
+def add_dirty_files(root: Path) -> dict[str, str]:
+    """Add to a shapes dataset every kind of file real photo sets hold; returns {path: reason} for the bad ones.
+
+    Good but awkward: a PNG named .jpg, CMYK, grayscale and 16-bit images, an RGBA PNG, a duplicate within a
+    class. Bad: a truncated JPEG, an empty file, text named .jpg, a TIFF, an image filed under two classes.
+    Ignored: a .ipynb_checkpoints folder and a .DS_Store file.
+    """
+    import io
+
+    rng = np.random.default_rng(1)
+
+    def encoded(image: Image.Image, fmt: str) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, fmt)
+        return buffer.getvalue()
+
+    circle = shape_image("circle", 48, rng)
+    square = shape_image("square", 48, rng)
+    (root / "circle" / "png_named.jpg").write_bytes(encoded(circle, "PNG"))
+    (root / "circle" / "cmyk.jpg").write_bytes(encoded(shape_image("circle", 48, rng).convert("CMYK"), "JPEG"))
+    (root / "circle" / "gray.jpg").write_bytes(encoded(shape_image("circle", 48, rng).convert("L"), "JPEG"))
+    (root / "square" / "rgba.png").write_bytes(encoded(square.convert("RGBA"), "PNG"))
+    deep = np.asarray(shape_image("square", 48, rng).convert("L"), dtype=np.uint16) * 257
+    (root / "square" / "gray16.png").write_bytes(encoded(Image.fromarray(deep), "PNG"))
+    (root / "square" / "copy_of_rgba.png").write_bytes((root / "square" / "rgba.png").read_bytes())
+    good = encoded(shape_image("triangle", 48, rng), "JPEG")
+    bad = {
+        "triangle/truncated.jpg": (good[: len(good) // 2], "cannot be decoded"),
+        "triangle/empty.jpg": (b"", "empty file"),
+        "circle/notes.jpg": (b"shot on a sunny day\n", "cannot be decoded"),
+        "square/scan.jpg": (encoded(square, "TIFF"), "TIFF is not supported"),
+        "circle/both.jpg": (encoded(shape_image("triangle", 48, rng), "PNG"), "labelled circle, triangle"),
+        "triangle/both.jpg": (None, "labelled circle, triangle"),
+    }
+    for path, (data, _) in bad.items():
+        (root / path).write_bytes(data if data is not None else (root / "circle" / "both.jpg").read_bytes())
+    (root / ".ipynb_checkpoints").mkdir()
+    (root / ".ipynb_checkpoints" / "untitled.jpg").write_bytes(good)
+    (root / "circle" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    return {path: reason for path, (_, reason) in bad.items()}

@@ -1,0 +1,186 @@
+"""Dirty photo sets, hostile archives, bad params and a killed stage, through the real `dvc repro`."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import add_dirty_files, make_pipeline_repo, make_shapes_dataset, pipeline_env, run, stages_run
+
+pytestmark = pytest.mark.slow
+
+PARAMS = {
+    "backbone": "resnet50",
+    "weights": "none",
+    "image_size": 32,
+    "split.val": 0.2,
+    "split.test": 0.2,
+    "features.batch_size": 4,
+    "head.epochs": 30,
+    "head.batch_size": 8,
+    "fine_tune.epochs": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def dirty_source(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    source = make_shapes_dataset(tmp_path_factory.mktemp("dirty") / "photos", per_class=15, size=48)
+    return source, add_dirty_files(source)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, dirty_source):
+    base = tmp_path_factory.mktemp("e2e-real")
+    repo = make_pipeline_repo(base / "repo", {**PARAMS, "data.source": str(dirty_source[0])})
+    run(["dvc", "repro"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "clean run"], repo)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def clean(repo) -> dict[str, bytes]:
+    """The clean run's metrics and features, kept before later tests change the workspace."""
+    files = ("reports/metrics.json", "reports/data.json", "data/features/train_features.npy",
+             "data/features/test_features.npy")
+    return {name: (repo / name).read_bytes() for name in files}
+
+
+def _tree(folder: Path) -> set[str]:
+    return {path.relative_to(folder).as_posix() for path in folder.rglob("*") if ".git" not in path.parts}
+
+
+def test_bad_files_are_listed_and_the_model_trains_on_the_rest(repo, clean, dirty_source):
+    _, expected = dirty_source
+    data = json.loads(clean["reports/data.json"])
+    reasons = {row["path"]: row["reason"] for row in data["excluded"]}
+    assert set(reasons) == set(expected)
+    for path, reason in expected.items():
+        assert reason in reasons[path], (path, reasons[path])
+    # 45 shapes + PNG-named-.jpg, CMYK, gray, RGBA, 16-bit, and a byte-identical copy of the RGBA one.
+    assert data["images"] == 51
+    assert data["duplicates"] == [["square/copy_of_rgba.png", "square/rgba.png"]]
+    assert not any(".ipynb_checkpoints" in path or ".DS_Store" in path for path in _tree(repo / "data/raw"))
+    metrics = json.loads(clean["reports/metrics.json"])
+    assert metrics["images"] == sum(data["counts"]["test"].values())
+    assert metrics["accuracy"] >= 0.6
+
+
+# From data/.raw-fetch.tmp<pid>/extracted/, five levels up is the folder around the repository.
+ESCAPING = "photos/../../../../../escaped.txt"
+
+
+def _hostile_tar(path: Path) -> Path:
+    with tarfile.open(path, "w") as bundle:
+        for name in ("photos/cats/ok.jpg", "photos/dogs/ok.jpg", ESCAPING):
+            info = tarfile.TarInfo(name)
+            info.size = 4
+            bundle.addfile(info, io.BytesIO(b"evil"))
+    return path
+
+
+def test_a_hostile_archive_is_refused_in_one_line_and_nothing_escapes(repo, clean, tmp_path):
+    archive = _hostile_tar(tmp_path / "photos.tar")
+    around = repo.parent
+    outside = {path for path in _tree(around) if not path.startswith("repo/")}
+    result = run(["dvc", "exp", "run", "-S", f"data.source={archive}"], repo, check=False)
+    run(["git", "checkout", "--", "params.yaml"], repo)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors[0] == (
+        f"error: archive {archive} is refused: member '{ESCAPING}' would be written outside the target"
+    )
+    assert "Traceback" not in result.stderr
+    assert {path for path in _tree(around) if not path.startswith("repo/")} == outside
+    assert not list(around.rglob("escaped.txt")) and not list(tmp_path.rglob("escaped.txt"))
+    assert not [path for path in _tree(repo / "data") if path.startswith(".")], "no scratch left in data/"
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("backbone=resnet5O", "error: params.yaml: backbone = 'resnet5O' is invalid: did you mean resnet50?"),
+        ("split.test=0.9", "error: params.yaml: split.test = 0.9 is invalid: expected split.val + split.test below 1"),
+        ("evaluate.top_k=0", "error: params.yaml: evaluate.top_k = 0 is invalid: expected an integer >= 1"),
+        ("weights=models/missing.h5", "error: params.yaml: weights = 'models/missing.h5' is invalid: expected "
+                                      "imagenet, none, or the path of an existing weights file"),
+        ("data.max_bytes=-5", "error: params.yaml: data.max_bytes = -5 is invalid: expected an integer >= 1"),
+    ],
+)
+def test_each_bad_param_is_one_line_naming_the_key(repo, setting, message):
+    result = run(["dvc", "exp", "run", "-S", setting], repo, check=False)
+    run(["git", "checkout", "--", "params.yaml"], repo)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors and errors[0].startswith(message), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _stage_pid(repo: Path, script: str) -> int | None:
+    """The pid of the process running ``script`` in ``repo``, if one runs."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            if script.encode() in command and Path(os.readlink(entry / "cwd")) == repo:
+                return int(entry.name)
+        except OSError:
+            continue
+    return None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the stage process through /proc")
+def test_kill_9_during_extraction_then_repro_gives_the_clean_metrics(clean, dirty_source, tmp_path):
+    other = make_pipeline_repo(tmp_path / "repo", {**PARAMS, "data.source": str(dirty_source[0])})
+    repro = subprocess.Popen(["dvc", "repro"], cwd=other, env=pipeline_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    killed_inside = None
+    deadline = time.time() + 300
+    while repro.poll() is None and time.time() < deadline:
+        pid = _stage_pid(other, "stages/extract_features.py")
+        staging = list((other / "data").glob(".features.tmp*"))
+        if pid and staging:
+            os.kill(pid, signal.SIGKILL)
+            killed_inside = staging[0]
+            break
+        time.sleep(0.005)
+    output = repro.communicate(timeout=120)[0].decode()
+    assert killed_inside is not None, f"extract-features was never caught midway:\n{output}"
+    assert repro.returncode != 0
+    assert not (other / "data/features").exists(), "a killed extraction leaves no output under its name"
+
+    result = run(["dvc", "repro"], other)
+    assert stages_run(result) == ["extract-features", "train-head", "fine-tune", "evaluate"]
+    assert not list((other / "data").glob(".features.*")), "the dead process's temporaries are cleared"
+    for name, content in clean.items():
+        assert (other / name).read_bytes() == content, name
+
+
+def test_a_kaggle_folder_with_a_labels_csv_runs_through(repo, dirty_source, tmp_path):
+    source, _ = dirty_source
+    flat = tmp_path / "kaggle"
+    (flat / "train").mkdir(parents=True)
+    rows = ["id,breed"]
+    for image in sorted(source.glob("*/*_0*.*")):
+        image_id = f"{image.parent.name[:2]}{image.stem[-3:]}"
+        (flat / "train" / f"{image_id}{image.suffix}").write_bytes(image.read_bytes())
+        rows.append(f"{image_id},{image.parent.name}")
+    rows.append("missing01,circle")
+    (flat / "labels.csv").write_text("\n".join(rows) + "\n")
+    result = run(["dvc", "exp", "run", "-S", f"data.source={flat}", "-S", "data.labels_csv=labels.csv"], repo)
+    data = json.loads((repo / "reports/data.json").read_text())
+    run(["git", "checkout", "--", "."], repo)
+    run(["dvc", "checkout", "--force"], repo)
+    assert stages_run(result) == ["download", "split", "extract-features", "train-head", "fine-tune", "evaluate"]
+    assert data["layout"] == "labels CSV labels.csv"
+    assert data["images"] == 45
+    assert {"path": "missing01", "reason": "listed in labels.csv but no such image", "stage": "download"} in data[
+        "excluded"]
