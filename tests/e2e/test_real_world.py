@@ -138,9 +138,11 @@ def _stage_pid(repo: Path, script: str) -> int | None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the stage process through /proc")
-def test_kill_9_during_extraction_then_repro_gives_the_clean_metrics(clean, dirty_source, tmp_path):
+@pytest.mark.parametrize("victim", ["stage", "dvc-and-stage"])
+def test_kill_9_during_extraction_then_repro_gives_the_clean_metrics(clean, dirty_source, tmp_path, victim):
+    """The stage alone (out of memory) or DVC with it (a crash): either way the next repro finishes the job."""
     other = make_pipeline_repo(tmp_path / "repo", {**PARAMS, "data.source": str(dirty_source[0])})
-    repro = subprocess.Popen(["dvc", "repro"], cwd=other, env=pipeline_env(),
+    repro = subprocess.Popen(["dvc", "repro"], cwd=other, env=pipeline_env(), start_new_session=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     killed_inside = None
     deadline = time.time() + 300
@@ -148,13 +150,17 @@ def test_kill_9_during_extraction_then_repro_gives_the_clean_metrics(clean, dirt
         pid = _stage_pid(other, "stages/extract_features.py")
         staging = list((other / "data").glob(".features.tmp*"))
         if pid and staging:
-            os.kill(pid, signal.SIGKILL)
+            if victim == "stage":
+                os.kill(pid, signal.SIGKILL)
+            else:
+                os.killpg(repro.pid, signal.SIGKILL)
             killed_inside = staging[0]
             break
         time.sleep(0.005)
     output = repro.communicate(timeout=120)[0].decode()
     assert killed_inside is not None, f"extract-features was never caught midway:\n{output}"
     assert repro.returncode != 0
+    assert _stage_pid(other, "stages/extract_features.py") is None
     assert not (other / "data/features").exists(), "a killed extraction leaves no output under its name"
 
     result = run(["dvc", "repro"], other)

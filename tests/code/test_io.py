@@ -1,0 +1,58 @@
+"""Outputs are written whole or not at all, and a killed writer's leftovers are cleared by the next one."""
+
+import subprocess
+import sys
+
+import pytest
+
+from transfer.io import atomic_path, remove_stale_temporaries, scratch_folder, write_json
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_failed_write_leaves_the_old_output(tmp_path):
+    write_json(tmp_path / "metrics.json", {"accuracy": 0.9})
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "metrics.json") as temporary:
+        temporary.write_text("{half")
+        raise RuntimeError("killed")
+    assert (tmp_path / "metrics.json").read_text() == '{\n  "accuracy": 0.9\n}\n'
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_a_folder_output_is_replaced_whole(tmp_path):
+    (tmp_path / "features").mkdir()
+    (tmp_path / "features" / "old.npy").write_text("old")
+    with atomic_path(tmp_path / "features") as staging:
+        staging.mkdir()
+        (staging / "new.npy").write_text("new")
+    assert [path.name for path in (tmp_path / "features").iterdir()] == ["new.npy"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["features"]
+
+
+def test_temporaries_of_dead_writers_are_cleared_and_live_ones_kept(tmp_path):
+    dead = _dead_pid()
+    (tmp_path / f".features.tmp{dead}").mkdir()
+    (tmp_path / f".features.tmp{dead}" / "train_features.npy").write_bytes(b"half")
+    (tmp_path / f".features.old{dead}").mkdir()
+    (tmp_path / f".model.tmp{dead}.keras").write_bytes(b"half")
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as live:
+        (tmp_path / f".features.tmp{live.pid}").mkdir()
+        removed = remove_stale_temporaries(tmp_path / "features")
+        live.kill()
+    assert sorted(path.name for path in removed) == [f".features.old{dead}", f".features.tmp{dead}"]
+    assert (tmp_path / f".features.tmp{live.pid}").exists(), "another running writer's work is not touched"
+    assert (tmp_path / f".model.tmp{dead}.keras").exists(), "only the output being written is swept"
+    with atomic_path(tmp_path / "model.keras") as temporary:
+        temporary.write_bytes(b"whole")
+    assert not (tmp_path / f".model.tmp{dead}.keras").exists()
+
+
+def test_a_scratch_folder_goes_away_whatever_happens(tmp_path):
+    with pytest.raises(ValueError), scratch_folder(tmp_path / "raw-fetch") as scratch:
+        (scratch / "download").write_bytes(b"partial")
+        raise ValueError("connection reset")
+    assert list(tmp_path.iterdir()) == []
