@@ -7,6 +7,7 @@ later stage reads it from there, never from the folder names again.
 from __future__ import annotations
 
 import hashlib
+import re
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -60,7 +61,9 @@ def decode_problem(data: bytes) -> str | None:
     try:
         tf.io.decode_image(data, channels=3, expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
-        return f"cannot be decoded as an image: {error.message.splitlines()[0]}"
+        # TF wraps the decoder's words in "{{function_node ...}} ... [Op:DecodeImage]"; keep the words.
+        detail = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", error.message.splitlines()[0]).strip()
+        return f"cannot be decoded as an image: {detail}"
     return None
 
 
