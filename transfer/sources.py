@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import logging
+import posixpath
 import shutil
 import tarfile
 import time
@@ -18,7 +19,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from transfer.errors import DataError
 from transfer.io import atomic_path, scratch_folder
@@ -83,10 +84,17 @@ class _TooLarge(DataError):
     """A download over ``data.max_bytes``: retrying would not help."""
 
 
-def _check_member(name: str, archive: Path) -> None:
-    path = PurePosixPath(name.replace("\\", "/"))
-    if path.is_absolute() or ".." in path.parts:
+def _outside(name: str) -> bool:
+    """Whether an archive path, taken relative to the target, would leave it."""
+    path = name.replace("\\", "/")
+    return path.startswith("/") or posixpath.normpath(path).split("/")[0] == ".."
+
+
+def _check_member(name: str, archive: Path, link: str | None = None) -> None:
+    if _outside(name):
         raise DataError(f"archive {archive} is refused: member {name!r} would be written outside the target")
+    if link is not None and _outside(link):
+        raise DataError(f"archive {archive} is refused: member {name!r} links outside the target")
 
 
 def _check_size(total: int, archive: Path, max_bytes: int) -> None:
@@ -116,13 +124,13 @@ def extract(archive: Path, target: Path, max_bytes: int) -> None:
         with tarfile.open(archive, "r:*") as bundle:
             members = bundle.getmembers()
             for member in members:
-                _check_member(member.name, archive)
-                if member.issym() or member.islnk():
-                    link = PurePosixPath(member.name).parent / member.linkname
-                    if member.islnk():
-                        link = PurePosixPath(member.linkname)
-                    _check_member(str(link), archive)
-                elif not (member.isfile() or member.isdir()):
+                if member.issym():  # relative to the link's own folder
+                    _check_member(member.name, archive, posixpath.join(posixpath.dirname(member.name), member.linkname))
+                elif member.islnk():  # relative to the archive's top
+                    _check_member(member.name, archive, member.linkname)
+                else:
+                    _check_member(member.name, archive)
+                if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
                     raise DataError(f"archive {archive} is refused: member {member.name!r} is a device or pipe")
             _check_size(sum(member.size for member in members if member.isfile()), archive, max_bytes)
             # The "data" filter repeats these checks inside tarfile itself.
@@ -154,17 +162,22 @@ def find_class_root(folder: Path) -> Path:
     return folder
 
 
+def _left_behind(folder: str, names: list[str]) -> set[str]:
+    """Hidden entries, and links that point nowhere (no image; copytree would fail on them)."""
+    return {name for name in names if is_hidden(name) or not (Path(folder) / name).exists()}
+
+
 def copy_classes(root: Path, target: Path) -> list[str]:
     """Copy each non-hidden class folder of ``root`` into ``target``, leaving hidden entries behind.
+
+    Links are followed, so ``target`` holds plain files whatever the source held.
 
     Returns:
         The class folder names copied, sorted.
     """
-    ignore = shutil.ignore_patterns(".*", "__MACOSX")
     classes = sorted(child.name for child in root.iterdir() if child.is_dir() and not is_hidden(child.name))
     for name in classes:
-        # Links are followed; a dangling one is no image and is left behind.
-        shutil.copytree(root / name, target / name, ignore=ignore, symlinks=False, ignore_dangling_symlinks=True)
+        shutil.copytree(root / name, target / name, ignore=_left_behind, symlinks=False)
     return classes
 
 

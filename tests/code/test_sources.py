@@ -41,6 +41,7 @@ def test_a_folder_is_copied_without_hidden_entries(shapes_folder, tmp_path):
     (source / ".ipynb_checkpoints").mkdir()
     (source / ".ipynb_checkpoints" / "x.jpg").write_bytes(b"")
     (source / "circle" / ".DS_Store").write_bytes(b"junk")
+    (source / "circle" / "gone.jpg").symlink_to("nowhere.jpg")  # dangling: no image
     classes = fetch(_data(source), tmp_path / "raw").classes
     assert classes == ["circle", "square", "triangle"]
     assert _classes(tmp_path / "raw") == {"circle": 20, "square": 20, "triangle": 20}
@@ -111,8 +112,21 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "", size: 
 )
 def test_tar_members_outside_the_target_are_refused(tmp_path, member):
     archive = _tar(tmp_path / "hostile.tar", _member("photos/cats/ok.jpg"), member)
-    _refused(_data(archive), tmp_path, "outside the target")
+    wrong = "links outside the target" if member.linkname else "would be written outside the target"
+    _refused(_data(archive), tmp_path, f"member '{member.name}' {wrong}")
     assert not Path("/tmp/absolute-escape.txt").exists()
+
+
+def test_links_and_dots_that_stay_inside_are_fine(shapes_folder, tmp_path):
+    archive = tmp_path / "photos.tar"
+    with tarfile.open(archive, "w") as bundle:
+        bundle.add(shapes_folder, arcname="photos")
+        bundle.add(shapes_folder / "circle" / "circle_000.jpg", arcname="photos/./circle/../circle/extra.jpg")
+        bundle.addfile(_member("photos/circle/alias.jpg", tarfile.SYMTYPE, "circle_002.jpg"))
+    fetched = fetch(_data(archive), tmp_path / "raw")
+    assert fetched.classes == ["circle", "square", "triangle"]
+    assert (tmp_path / "raw/circle/alias.jpg").read_bytes() == (shapes_folder / "circle/circle_002.jpg").read_bytes()
+    assert not (tmp_path / "raw/circle/alias.jpg").is_symlink(), "links are copied as files into data/raw"
 
 
 def test_a_tar_device_member_is_refused(tmp_path):
