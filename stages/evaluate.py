@@ -1,9 +1,10 @@
 """evaluate: score the deployable model on the held-out test split and write every report.
 
-Reads params: evaluate.batch_size, evaluate.top_k. (The whole params.yaml is logged to MLflow as the
-record of the execution, but only these two shape evaluate's outputs.)
+Reads params: evaluate.* (the whole params.yaml is logged to MLflow as the record of the execution, but
+only these shape evaluate's outputs).
 Writes: reports/metrics.json, reports/evaluate/ (per-class figures, classification report, confusion
-records, confusion matrix PNG, predictions CSV), reports/tracking.json (the MLflow run logged)
+records, confusion matrix PNG, predictions CSV, calibration and reliability diagram, Grad-CAM figure when
+asked), reports/tracking.json (the MLflow run logged)
 """
 
 import logging
@@ -12,12 +13,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this file as a script.
 
-from transfer.datasets import image_dataset, read_classes, read_split
+from transfer.calibration import (
+    expected_calibration_error,
+    fit_temperature,
+    plot_reliability,
+    reliability_bins,
+    scale,
+)
+from transfer.datasets import read_classes, read_split
 from transfer.errors import DataError
+from transfer.explain import gradcam_sample
 from transfer.io import write_csv, write_json, write_text
 from transfer.layout import EVALUATE_REPORTS, MODEL, RAW, SPLITS, TEST_METRICS, TRACKING_RECORD
 from transfer.models import input_size, load_model
 from transfer.params import EvaluateParams, Params, read_evaluate
+from transfer.predict import class_probabilities
 from transfer.reports import (
     classification_report,
     confusion_records,
@@ -38,6 +48,29 @@ def parse_params(params: Params) -> EvaluateParams:
     return read_evaluate(params)
 
 
+def calibrate(model, classes: list[str], labels, probabilities, settings: EvaluateParams) -> dict[str, float]:
+    """ECE and a reliability diagram of the test predictions; with temperature scaling, also after it."""
+    figures = {"ece": expected_calibration_error(probabilities, labels)}
+    curves = {"as trained": (probabilities, labels)}
+    record = {"as_trained": reliability_bins(probabilities, labels)}
+    if settings.temperature_scaling:
+        val_paths, val_labels = read_split(SPLITS, "val", RAW, classes)
+        if not val_paths:
+            raise DataError("evaluate.temperature_scaling needs a validation split, and split.val is 0")
+        temperature = fit_temperature(class_probabilities(model, val_paths, settings.batch_size, settings.tta),
+                                      val_labels)
+        scaled = scale(probabilities, temperature)
+        figures.update(temperature=temperature, ece_temperature_scaled=expected_calibration_error(scaled, labels),
+                       loss_temperature_scaled=summary_metrics(labels, scaled, settings.top_k)["loss"])
+        curves[f"temperature {temperature:.2f}"] = (scaled, labels)
+        record["temperature_scaled"] = reliability_bins(scaled, labels)
+        log.info("evaluate: ECE %.4f, %.4f after temperature scaling (T = %.3f, fitted on val)", figures["ece"],
+                 figures["ece_temperature_scaled"], temperature)
+    write_json(EVALUATE_REPORTS / "calibration.json", {**figures, "bins": record})
+    plot_reliability(curves, EVALUATE_REPORTS / "reliability.png")
+    return figures
+
+
 def main() -> None:
     settings = parse_params(Params.load())
     model, classes = load_model(MODEL)
@@ -47,10 +80,11 @@ def main() -> None:
     if not paths:
         raise DataError("the test split is empty (split.test is 0); there is nothing to evaluate")
     # One pass in file order: the labels come from the same CSV, so they cannot fall out of step.
-    probabilities = model.predict(image_dataset(paths, input_size(model), settings.batch_size), verbose=0)
+    probabilities = class_probabilities(model, paths, settings.batch_size, settings.tta)
     predicted = probabilities.argmax(axis=1)
 
     metrics = summary_metrics(labels, probabilities, settings.top_k)
+    metrics.update(calibrate(model, classes, labels, probabilities, settings))
     write_json(TEST_METRICS, metrics)
     per_class = per_class_metrics(labels, predicted, classes)
     write_json(EVALUATE_REPORTS / "per_class.json", per_class)
@@ -61,6 +95,10 @@ def main() -> None:
     write_json(EVALUATE_REPORTS / "confusion.json", confusion_records(labels, predicted, classes))
     plot_confusion_matrix(labels, predicted, classes, EVALUATE_REPORTS / "confusion_matrix.png")
     plot_confident_mistakes(paths, labels, probabilities, classes, EVALUATE_REPORTS / "confident_mistakes.png")
+    if settings.gradcam:
+        shown = gradcam_sample(model, paths, labels, probabilities, classes, settings.gradcam,
+                               EVALUATE_REPORTS / "gradcam.png")
+        write_json(EVALUATE_REPORTS / "gradcam.json", shown)
     relative = [Path(path).relative_to(RAW).as_posix() for path in paths]
     write_csv(EVALUATE_REPORTS / "predictions.csv", *prediction_rows(relative, labels, probabilities, classes))
     log.info("evaluate: test accuracy %.4f, top-%d %.4f, macro F1 %.4f on %d images", metrics["accuracy"],

@@ -116,5 +116,7 @@ def load_model(path: Path):
 
     if not path.is_file():
         raise DataError(f"{path} does not exist; run the stage that trains it first")
+    if not classes_path(path).is_file():
+        raise DataError(f"{classes_path(path)} does not exist: the class names of {path} are missing")
     model = keras.saving.load_model(path, compile=False)
     return model, read_json(classes_path(path))

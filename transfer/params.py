@@ -203,8 +203,21 @@ class FineTuneParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
+    """How the test split is scored, and which of the costlier reports to add.
+
+    Attributes:
+        batch_size: images per forward pass.
+        top_k: k of the top-k accuracy.
+        tta: average each image's probabilities with its horizontal flip's (twice the forward passes).
+        temperature_scaling: fit a temperature on the validation split and report calibration after it.
+        gradcam: how many test images (half right, half wrong where possible) get a Grad-CAM heatmap; 0: none.
+    """
+
     batch_size: int
     top_k: int
+    tta: bool
+    temperature_scaling: bool
+    gradcam: int
 
 
 def read_data(params: Params) -> DataParams:
@@ -275,6 +288,9 @@ def read_evaluate(params: Params) -> EvaluateParams:
     return EvaluateParams(
         batch_size=params.int("evaluate.batch_size", minimum=1),
         top_k=params.int("evaluate.top_k", minimum=1),
+        tta=params.bool("evaluate.tta"),
+        temperature_scaling=params.bool("evaluate.temperature_scaling"),
+        gradcam=params.int("evaluate.gradcam", minimum=0),
     )
 
 

@@ -1,0 +1,118 @@
+"""Grad-CAM: where in the image the classifier looked (Selvaraju et al., 2017).
+
+The heatmap is the backbone's last convolutional feature map, each channel weighted by the mean gradient of
+the class's log-probability with respect to it, rectified, and resized back onto the image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from transfer.heads import HEAD_LAYER
+from transfer.models import backbone_of
+
+
+def _gradcam_parts(model):
+    """(layers before the backbone, backbone to [last feature map, pooled features], head) of a classifier."""
+    import keras
+
+    backbone = backbone_of(model)
+    pooling = backbone.layers[-1]
+    if not isinstance(pooling, keras.layers.GlobalAveragePooling2D):
+        raise ValueError(f"the backbone ends in {type(pooling).__name__}, not global average pooling")
+    to_maps = keras.Model(backbone.inputs, [pooling.input, backbone.output])
+    before = [layer for layer in model.layers[1:] if layer is not backbone and layer.name != HEAD_LAYER]
+    return before, to_maps, model.get_layer(HEAD_LAYER)
+
+
+def gradcam(model, image: np.ndarray, class_index: int | None = None) -> tuple[np.ndarray, int, np.ndarray]:
+    """The Grad-CAM heatmap of one image.
+
+    Args:
+        model: a classifier from :func:`transfer.models.assemble_classifier` (raw pixels in).
+        image: one RGB image, [height, width, 3], pixel values in [0, 255], any size.
+        class_index: the class to explain; None explains the predicted one.
+
+    Returns:
+        (heatmap [height, width] in [0, 1] at the image's own size, the class explained, the probabilities).
+    """
+    import tensorflow as tf
+
+    before, to_maps, head = _gradcam_parts(model)
+    x = tf.convert_to_tensor(image[None], tf.float32)
+    for layer in before:  # resize and the backbone's preprocessing, as in the model itself
+        x = layer(x)
+    with tf.GradientTape() as tape:
+        maps, pooled = to_maps(x, training=False)
+        tape.watch(maps)
+        probabilities = head(pooled, training=False)
+        chosen = int(tf.argmax(probabilities[0])) if class_index is None else class_index
+        score = tf.math.log(probabilities[0, chosen] + 1e-12)
+    gradients = tape.gradient(score, maps)
+    weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1))[0]
+    cam = tf.image.resize(cam[..., None], image.shape[:2], method="bilinear")[..., 0].numpy()
+    peak = cam.max()
+    return (cam / peak if peak > 0 else cam), chosen, probabilities[0].numpy()
+
+
+def plot_gradcam(
+    images: list[np.ndarray], titles: list[str], heatmaps: list[np.ndarray], path: Path, columns: int = 4
+) -> None:
+    """A grid of images with their heatmaps laid over them, each titled (true, predicted, confidence)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from transfer.io import atomic_path
+
+    rows = max(1, -(-len(images) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, title, heatmap in zip(axes.flat, images, titles, heatmaps, strict=True):
+        axis.imshow(image.astype(np.uint8))
+        axis.imshow(heatmap, cmap="jet", alpha=0.4, vmin=0, vmax=1)
+        axis.set_title(title, fontsize=8)
+    figure.suptitle("Grad-CAM: where the model looked for the predicted class")
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=100, format="png")
+    plt.close(figure)
+
+
+def gradcam_sample(
+    model, paths: list[str], labels: np.ndarray, probabilities: np.ndarray, classes: list[str], count: int,
+    path: Path,
+) -> list[dict]:
+    """Grad-CAM figures for the most confident right and wrong test predictions, half of each where possible.
+
+    Returns:
+        {"path", "actual", "predicted", "confidence"} of each image shown, in figure order.
+    """
+    import tensorflow as tf
+
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+    by_confidence = np.argsort(-confidence, kind="stable")
+    wrong = [i for i in by_confidence if predicted[i] != labels[i]]
+    right = [i for i in by_confidence if predicted[i] == labels[i]]
+    take_wrong = min(len(wrong), count // 2)
+    chosen = right[: count - take_wrong] + wrong[:take_wrong]
+    chosen += wrong[take_wrong : take_wrong + count - len(chosen)]  # too few right ones: more wrong ones
+    images, titles, heatmaps, shown = [], [], [], []
+    for i in chosen:
+        image = tf.io.decode_image(tf.io.read_file(paths[i]), channels=3, expand_animations=False).numpy()
+        heatmap, _, _ = gradcam(model, image)
+        images.append(image)
+        heatmaps.append(heatmap)
+        mark = "right" if predicted[i] == labels[i] else "WRONG"
+        titles.append(f"{mark}: {classes[labels[i]]} -> {classes[predicted[i]]} ({confidence[i]:.2f})")
+        shown.append({"path": paths[i], "actual": classes[labels[i]], "predicted": classes[predicted[i]],
+                      "confidence": float(confidence[i])})
+    if chosen:
+        plot_gradcam(images, titles, heatmaps, path)
+    return shown
