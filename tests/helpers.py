@@ -161,3 +161,24 @@ def add_dirty_files(root: Path) -> dict[str, str]:
     (root / ".ipynb_checkpoints" / "untitled.jpg").write_bytes(good)
     (root / "circle" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     return {path: reason for path, (_, reason) in bad.items()}
+
+
+def tiny_classifier(num_classes: int = 3, size: int = 32, seed: int = 0):
+    """A small classifier laid out like the pipeline's (resize, preprocessing, ``backbone``, ``head``).
+
+    Its random convolutions still tell images apart, unlike a randomly initialised MobileNet, and it exports
+    in seconds; the predict, export and Grad-CAM code sees the same structure as in a real model.
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inner = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu", padding="same")(inner)
+    x = keras.layers.Conv2D(8, 3, activation="relu", padding="same")(x)
+    backbone = keras.Model(inner, keras.layers.GlobalAveragePooling2D()(x), name="backbone")
+    features = keras.Input((8,))
+    head = keras.Model(features, keras.layers.Dense(num_classes, activation="softmax")(features), name="head")
+    image = keras.Input((None, None, 3), name="image")
+    x = keras.layers.Resizing(size, size, name="resize")(image)
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(x)
+    return keras.Model(image, head(backbone(x, training=False)), name="classifier")

@@ -215,3 +215,36 @@ def test_an_unreachable_tracking_server_warns_and_the_stage_still_succeeds(repo,
     assert json.loads((repo / "reports/metrics.json").read_text())["images"] == 9
     assert all((repo / "reports/evaluate" / name).stat().st_size > 0 for name in EVALUATE_FILES)
     assert json.loads((repo / "reports/tracking.json").read_text())["run_id"] is None
+
+
+def test_evaluate_options_add_tta_calibration_and_gradcam(repo, first_run):
+    _back_to_baseline(repo)
+    result = run(["dvc", "exp", "run", "-S", "evaluate.tta=true", "-S", "evaluate.temperature_scaling=true",
+                  "-S", "evaluate.gradcam=4"], repo)
+    assert stages_run(result) == ["evaluate"]
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert 0 <= metrics["ece"] <= 1 and 0 <= metrics["ece_temperature_scaled"] <= 1 and metrics["temperature"] > 0
+    calibration = json.loads((repo / "reports/evaluate/calibration.json").read_text())
+    assert sum(row["count"] for row in calibration["bins"]["temperature_scaled"]) == metrics["images"]
+    assert len(json.loads((repo / "reports/evaluate/gradcam.json").read_text())) == 4
+    for name in ("reliability.png", "gradcam.png"):
+        assert (repo / "reports/evaluate" / name).stat().st_size > 0
+    _, runs = _runs(repo)
+    client, _ = _runs(repo)
+    artifacts = {a.path for a in client.list_artifacts(runs[-1].info.run_id, "reports/evaluate")}
+    assert {"reports/evaluate/gradcam.png", "reports/evaluate/reliability.png"} <= artifacts
+    assert "ece_temperature_scaled" in runs[-1].data.metrics
+
+
+def test_the_trained_model_predicts_and_exports_from_the_command_line(repo, first_run):
+    _back_to_baseline(repo)
+    result = run(["python", "-m", "transfer", "predict", "models/model.keras", "data/raw", "--out",
+                  "predictions.csv"], repo)
+    assert json.loads(result.stdout)["files"] == 45
+    header = (repo / "predictions.csv").read_text().splitlines()[0]
+    assert header == "file,predicted,confidence,top_3,circle,square,triangle,error"
+    result = run(["python", "-m", "transfer", "export", "--format", "tflite", "--quantize", "float16"], repo)
+    report = json.loads(result.stdout)
+    assert report["images"] == 9, "checked on the test split by default"
+    assert report["top1_agreement"] >= 0.99
+    assert (repo / "models/model_float16.tflite").stat().st_size > 0

@@ -17,20 +17,54 @@ pytestmark = [
 ]
 
 
-def test_head_only_pipeline_reaches_80_percent_on_real_flowers(tmp_path):
-    repo = make_pipeline_repo(tmp_path / "repo", {
+@pytest.fixture(scope="module")
+def flowers(tmp_path_factory):
+    """The shared flowers archive through the whole pipeline with real MobileNetV2 0.35 weights, head only."""
+    repo = make_pipeline_repo(tmp_path_factory.mktemp("flowers") / "repo", {
         "data.source": str(FLOWERS_ARCHIVE),
         "backbone": "mobilenetv2_0.35",
         "weights": str(MOBILENETV2_035_WEIGHTS),
         "fine_tune.epochs": 0,
+        "evaluate.temperature_scaling": True,
+        "evaluate.gradcam": 8,
     })
     result = run(["dvc", "repro"], repo)
     assert stages_run(result)[-1] == "evaluate"
-    metrics = json.loads((repo / "reports/metrics.json").read_text())
-    data = json.loads((repo / "reports/data.json").read_text())
+    return repo
+
+
+def test_head_only_pipeline_reaches_80_percent_on_real_flowers(flowers):
+    metrics = json.loads((flowers / "reports/metrics.json").read_text())
+    data = json.loads((flowers / "reports/data.json").read_text())
     assert data["images"] == 500 and data["classes"] == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
     assert metrics["images"] == 75
     assert metrics["accuracy"] >= 0.80, metrics
+    assert metrics["ece"] < 0.25 and metrics["temperature"] > 0
+    shown = json.loads((flowers / "reports/evaluate/gradcam.json").read_text())
+    assert len(shown) == 8 and any(row["actual"] != row["predicted"] for row in shown)
+
+
+def test_predict_writes_a_row_for_every_photo_and_every_broken_file(flowers, tmp_path):
+    photos = sorted((flowers / "data/raw").rglob("*.jpg"))[::10][:50]
+    for photo in photos:
+        shutil.copy(photo, tmp_path / f"{photo.parent.name}_{photo.name}")
+    (tmp_path / "truncated.jpg").write_bytes(photos[0].read_bytes()[:2000])
+    (tmp_path / "notes.jpg").write_text("not a photo")
+    result = run(["python", "-m", "transfer", "predict", "models/model.keras", str(tmp_path), "--out",
+                  str(tmp_path / "predictions.csv")], flowers)
+    assert json.loads(result.stdout) == {"files": 52, "predicted": 50, "errors": 2,
+                                         "out": str(tmp_path / "predictions.csv")}
+    lines = (tmp_path / "predictions.csv").read_text().splitlines()
+    assert len(lines) == 1 + 52
+    correct = sum(line.split(",")[1] == line.split("/")[-1].split("_")[0] for line in lines[1:])
+    assert correct >= 40, "the photos come from all splits, most of them seen in training"
+
+
+def test_a_float16_tflite_export_agrees_on_the_test_photos(flowers):
+    result = run(["python", "-m", "transfer", "export", "--format", "tflite", "--quantize", "float16"], flowers)
+    report = json.loads(result.stdout)
+    assert report["images"] == 75 and report["top1_agreement"] >= 0.99, report
+    assert report["bytes"] < (flowers / "models/model.keras").stat().st_size
 
 
 def test_imagenet_weights_load_from_a_seeded_keras_cache(tmp_path):

@@ -1,0 +1,110 @@
+"""Exports load in a fresh process without this project and agree with the Keras model."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.helpers import tiny_classifier
+from transfer import export
+from transfer.datasets import load_image
+from transfer.errors import DataError
+from transfer.export import export_model
+from transfer.models import save_model
+
+CLASSES = ["circle", "square", "triangle"]
+
+# Run in a separate interpreter, outside the repository, with TensorFlow and numpy only.
+FRESH_SAVED_MODEL = """
+import sys, numpy as np, tensorflow as tf
+model = tf.saved_model.load(sys.argv[1])
+np.save(sys.argv[3], model.serve(tf.constant(np.load(sys.argv[2]))).numpy())
+"""
+FRESH_TFLITE = """
+import sys, warnings, numpy as np, tensorflow as tf
+warnings.simplefilter("ignore")
+interpreter = tf.lite.Interpreter(model_path=sys.argv[1])
+interpreter.allocate_tensors()
+given, taken = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+out = []
+for image in np.load(sys.argv[2]):
+    interpreter.set_tensor(given["index"], image[None])
+    interpreter.invoke()
+    out.append(interpreter.get_tensor(taken["index"])[0])
+np.save(sys.argv[3], np.stack(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, shapes_folder):
+    folder = tmp_path_factory.mktemp("export")
+    model = tiny_classifier()
+    save_model(model, folder / "model.keras", CLASSES)
+    images = sorted(shapes_folder.rglob("*.*"))
+    return folder / "model.keras", images
+
+
+def _fresh(script: str, export_path, images: np.ndarray, tmp_path) -> np.ndarray:
+    np.save(tmp_path / "images.npy", images.astype(np.float32))
+    subprocess.run([sys.executable, "-c", script, str(export_path), str(tmp_path / "images.npy"),
+                    str(tmp_path / "out.npy")], cwd=tmp_path, check=True, capture_output=True)
+    return np.load(tmp_path / "out.npy")
+
+
+def _keras(model_path, images: np.ndarray) -> np.ndarray:
+    import keras
+
+    return keras.saving.load_model(model_path).predict(images, verbose=0)
+
+
+def test_a_saved_model_takes_raw_pixels_of_any_size_in_a_fresh_process(trained, tmp_path):
+    model_path, images = trained
+    report = export_model(model_path, "saved_model", "none", None, images)
+    folder = model_path.with_name("model_saved_model")
+    assert report["top1_agreement"] == 1.0 and report["images"] == 60
+    assert json.loads((folder.parent / "model_saved_model.classes.json").read_text()) == CLASSES
+    big = np.stack([load_image(str(path), (57, 81)).numpy() for path in images[:8]])  # not the model's size
+    np.testing.assert_allclose(_fresh(FRESH_SAVED_MODEL, folder, big, tmp_path), _keras(model_path, big), atol=1e-5)
+
+
+@pytest.mark.parametrize(("quantize", "tolerance"), [("none", 1e-5), ("float16", 0.02)])
+def test_a_float_tflite_export_agrees_in_a_fresh_process(trained, tmp_path, quantize, tolerance):
+    model_path, images = trained
+    out = tmp_path / f"model_{quantize}.tflite"
+    report = export_model(model_path, "tflite", quantize, out, images)
+    assert report["top1_agreement"] >= 0.99 and report["input"].endswith("32x32")
+    assert json.loads((tmp_path / f"model_{quantize}.export.json").read_text()) == report
+    resized = np.stack([load_image(str(path), (32, 32)).numpy() for path in images])
+    fresh = _fresh(FRESH_TFLITE, out, resized, tmp_path)
+    reference = _keras(model_path, resized)
+    assert (fresh.argmax(axis=1) == reference.argmax(axis=1)).mean() >= 0.99
+    np.testing.assert_allclose(fresh, reference, atol=tolerance)
+
+
+def test_an_int8_export_is_smaller_and_its_agreement_reported(trained, tmp_path):
+    model_path, images = trained
+    report = export_model(model_path, "tflite", "int8", tmp_path / "model_int8.tflite", images)
+    assert 0 <= report["top1_agreement"] <= 1 and report["max_abs_difference"] >= 0
+    assert (tmp_path / "model_int8.classes.json").is_file()
+
+
+def test_an_export_that_disagrees_is_refused_and_not_written(trained, tmp_path, monkeypatch):
+    model_path, images = trained
+    monkeypatch.setattr(export, "tflite_predict", lambda path, batch: np.roll(_keras(model_path, batch), 1, axis=1))
+    with pytest.raises(DataError, match=r"agrees with the Keras model on 0.0% of 60 images, below 99%"):
+        export_model(model_path, "tflite", "none", tmp_path / "model.tflite", images)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("fmt", "quantize", "images", "match"),
+    [("onnx", "none", True, "--format 'onnx' is invalid: expected one of saved_model, tflite"),
+     ("saved_model", "int8", True, "--quantize applies to --format tflite only"),
+     ("tflite", "none", False, "no images to check the export with")],
+)
+def test_bad_requests_are_clear_errors(trained, tmp_path, fmt, quantize, images, match):
+    model_path, shapes = trained
+    with pytest.raises(DataError, match=match):
+        export_model(model_path, fmt, quantize, tmp_path / "out", shapes if images else [])

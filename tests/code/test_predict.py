@@ -1,0 +1,103 @@
+"""python -m transfer predict: one CSV row per file, the model's own numbers, bad files reported not fatal."""
+
+import csv
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.helpers import REPO, tiny_classifier
+from transfer.datasets import load_image
+from transfer.errors import DataError
+from transfer.models import save_model
+from transfer.predict import expand_inputs, predict_to_csv
+
+CLASSES = ["triangle", "circle", "square"]  # deliberately not sorted: the stored order rules
+
+
+@pytest.fixture
+def model_path(tmp_path):
+    path = tmp_path / "models" / "model.keras"
+    save_model(tiny_classifier(), path, CLASSES)
+    return path
+
+
+@pytest.fixture
+def photos(shapes_folder, tmp_path):
+    folder = tmp_path / "new"
+    shutil.copytree(shapes_folder / "circle", folder / "batch")
+    shutil.copy(shapes_folder / "square" / "square_001.png", folder / "png_named.jpg")
+    (folder / "broken.jpg").write_bytes((shapes_folder / "square" / "square_000.jpg").read_bytes()[:200])
+    (folder / "readme.jpg").write_text("not a photo")
+    (folder / ".ipynb_checkpoints").mkdir()
+    (folder / ".ipynb_checkpoints" / "x.jpg").write_bytes(b"")
+    return folder
+
+
+def _rows(path):
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_predictions_match_the_model_and_bad_files_get_an_error(model_path, photos, tmp_path):
+    summary = predict_to_csv(model_path, [str(photos)], tmp_path / "out.csv", batch_size=8, top_k=2)
+    assert summary == {"files": 23, "predicted": 21, "errors": 2, "out": str(tmp_path / "out.csv")}
+    rows = _rows(tmp_path / "out.csv")
+    assert list(rows[0]) == ["file", "predicted", "confidence", "top_2", *CLASSES, "error"]
+    assert len(rows) == 23 and not any(".ipynb_checkpoints" in row["file"] for row in rows)
+    errors = {row["file"].rsplit("/", 1)[1]: row["error"] for row in rows if row["error"]}
+    assert set(errors) == {"broken.jpg", "readme.jpg"}
+    assert all(reason.startswith("cannot be decoded") for reason in errors.values())
+    import keras
+
+    model = keras.saving.load_model(model_path)
+    for row in rows:
+        if row["error"]:
+            assert row["predicted"] == "" and row["circle"] == ""
+            continue
+        expected = model.predict(load_image(row["file"], (32, 32)).numpy()[None], verbose=0)[0]
+        np.testing.assert_allclose([float(row[name]) for name in CLASSES], expected, atol=1e-5)
+        assert row["predicted"] == CLASSES[int(expected.argmax())]
+        assert float(row["confidence"]) == pytest.approx(expected.max(), abs=1e-5)
+        assert row["top_2"].split(" ") == [CLASSES[i] for i in np.argsort(-expected)[:2]]
+
+
+def test_inputs_are_files_folders_and_globs(photos):
+    assert [path.name for path in expand_inputs([str(photos / "png_named.jpg")])] == ["png_named.jpg"]
+    globbed = expand_inputs([str(photos / "batch" / "*.png")])
+    assert len(globbed) == 10 and all(path.suffix == ".png" for path in globbed)
+    both = expand_inputs([str(photos / "batch"), str(photos / "batch" / "circle_000.jpg")])
+    assert len(both) == 20, "a file named twice is predicted once"
+    with pytest.raises(DataError, match="'nowhere/\\*.jpg' matches no file"):
+        expand_inputs(["nowhere/*.jpg"])
+    with pytest.raises(DataError, match="'missing.jpg' is not a file, a folder or a glob"):
+        expand_inputs(["missing.jpg"])
+
+
+def test_the_command_line(model_path, photos, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "transfer", "predict", str(model_path), str(photos / "batch"),
+         str(photos / "readme.jpg"), "--out", str(tmp_path / "cli.csv"), "--top-k", "5"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = _rows(tmp_path / "cli.csv")
+    assert len(rows) == 21 and "top_3" in rows[0], "top-k is capped at the number of classes"
+    missing = subprocess.run([sys.executable, "-m", "transfer", "predict", str(tmp_path / "none.keras"), str(photos)],
+                             cwd=REPO, capture_output=True, text=True)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'none.keras'} does not exist; run the " \
+        "stage that trains it first"
+
+
+def test_every_command_explains_its_options():
+    for command in ([], ["predict"], ["export"]):
+        result = subprocess.run([sys.executable, "-m", "transfer", *command, "--help"], cwd=REPO,
+                                capture_output=True, text=True)
+        assert result.returncode == 0 and "usage: python -m transfer" in result.stdout
+    export_help = subprocess.run([sys.executable, "-m", "transfer", "export", "--help"], cwd=REPO,
+                                 capture_output=True, text=True).stdout
+    for option in ("--format", "--quantize", "--out", "--images"):
+        assert option in export_help
