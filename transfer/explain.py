@@ -19,10 +19,11 @@ def _gradcam_parts(model):
     import keras
 
     backbone = backbone_of(model)
-    pooling = backbone.layers[-1]
-    if not isinstance(pooling, keras.layers.GlobalAveragePooling2D):
-        raise ValueError(f"the backbone ends in {type(pooling).__name__}, not global average pooling")
-    to_maps = keras.Model(backbone.inputs, [pooling.input, backbone.output])
+    # The last global pooling: its input is the last feature map (ConvNeXt normalises after pooling).
+    pooling = [layer for layer in backbone.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D)]
+    if not pooling:
+        raise ValueError(f"backbone {backbone.name} has no global average pooling to explain")
+    to_maps = keras.Model(backbone.inputs, [pooling[-1].input, backbone.output])
     before = [layer for layer in model.layers[1:] if layer is not backbone and layer.name != HEAD_LAYER]
     return before, to_maps, model.get_layer(HEAD_LAYER)
 

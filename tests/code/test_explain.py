@@ -60,3 +60,28 @@ def test_the_sample_mixes_right_and_wrong_predictions(shapes_folder, tmp_path):
     assert [row["predicted"] for row in shown] == ["circle", "circle", "triangle", "square"]
     assert [row["confidence"] for row in shown] == pytest.approx([0.9, 0.6, 0.8, 0.7])
     assert (tmp_path / "gradcam.png").stat().st_size > 0
+
+
+def _one_per_family() -> list[str]:
+    from transfer.backbones import REGISTRY
+
+    first: dict[str, str] = {}
+    for name in sorted(REGISTRY):
+        first.setdefault(REGISTRY[name].module, name)
+    return sorted(first.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _one_per_family())
+def test_gradcam_finds_the_feature_map_of_every_backbone_family(name):
+    from transfer.backbones import REGISTRY, build_feature_extractor, resolve
+    from transfer.heads import build_head
+    from transfer.models import assemble_classifier
+    from transfer.params import BackboneParams
+
+    size = max(REGISTRY[name].min_size, 64)
+    extractor = build_feature_extractor(resolve(BackboneParams(name, "none", (size, size))))
+    model = assemble_classifier(extractor, build_head(int(extractor.output_shape[-1]), 3, (), 0.0, False))
+    image = np.random.default_rng(0).uniform(0, 255, (50, 70, 3)).astype(np.float32)
+    heatmap, _, _ = gradcam(model, image)
+    assert heatmap.shape == (50, 70) and np.isfinite(heatmap).all() and heatmap.min() >= 0
