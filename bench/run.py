@@ -1,0 +1,265 @@
+"""The speed promises of the pipeline, as ratios of two things measured side by side in one run.
+
+    python bench/run.py [--quick] [--generated] [--out bench/results.json]
+
+Uses the shared flowers archive and MobileNetV2 0.35 weights from ../shared/assets when present, generated
+shapes (ResNet50, random weights, 32 px) otherwise or with --generated. Prints a table and writes the
+results as JSON. Absolute timings on a shared machine are noise; the ratios are what to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.helpers import (  # noqa: E402 (the repository root goes on the path first)
+    FLOWERS_ARCHIVE,
+    MOBILENETV2_035_WEIGHTS,
+    make_pipeline_repo,
+    make_shapes_dataset,
+    run,
+)
+
+# name: (comparison, target); None: reported only.
+TARGETS = {
+    "extract_vs_forward": (">=", 0.90),
+    "head_exp_vs_full_run": ("<=", 0.10),
+    "cached_vs_in_graph_epoch": ("<=", 0.02),
+    "accuracy_gap_points": ("<=", 2.0),
+    "rss_growth_4x": ("<=", 1.2),
+    "noop_repro_s": ("<=", 3.0),
+    "finetune_epoch_vs_forward": None,
+}
+
+
+def dataset(work: Path, generated: bool) -> tuple[str, dict]:
+    """The images to measure on and the pipeline params for them: the shared flowers, or generated shapes."""
+    if not generated and FLOWERS_ARCHIVE.is_file() and MOBILENETV2_035_WEIGHTS.is_file():
+        with tarfile.open(FLOWERS_ARCHIVE) as bundle:
+            bundle.extractall(work / "photos", filter="data")
+        return "flowers 500 (shared assets)", {
+            "data.source": str(work / "photos"), "backbone": "mobilenetv2_0.35",
+            "weights": str(MOBILENETV2_035_WEIGHTS), "image_size": None,
+        }
+    make_shapes_dataset(work / "photos", per_class=60, size=64)
+    return "generated shapes 180", {
+        "data.source": str(work / "photos"), "backbone": "resnet50", "weights": "none", "image_size": 32,
+    }
+
+
+def timed(command: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    run(command, cwd)
+    return time.perf_counter() - start
+
+
+def pipeline_ratios(repo: Path) -> dict:
+    """Wall times of a first full ``dvc repro``, a no-op one, and a head-only experiment."""
+    full = timed(["dvc", "repro"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "baseline"], repo)
+    noop = timed(["dvc", "repro"], repo)
+    head_exp = timed(["dvc", "exp", "run", "-S", "head.lr=0.002"], repo)
+    return {"full_run_s": full, "noop_repro_s": noop, "head_exp_s": head_exp}
+
+
+RSS_SCRIPT = """
+import json, resource, sys, tempfile
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from transfer.backbones import build_feature_extractor, resolve
+from transfer.features import extract_features
+from transfer.params import BackboneParams
+paths = json.loads(Path(sys.argv[2]).read_text()) * int(sys.argv[3])
+choice = resolve(BackboneParams(sys.argv[4], sys.argv[5], json.loads(sys.argv[6])))
+extractor = build_feature_extractor(choice)
+with tempfile.TemporaryDirectory() as out:
+    extract_features(extractor, choice.image_size, {"all": (paths, np.zeros(len(paths), np.int32))},
+                     Path(out) / "features", 32, "float16", {})
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_rss_kib(paths_file: Path, repeat: int, settings: dict) -> int:
+    """Peak resident memory of a fresh process extracting ``repeat`` copies of the image list."""
+    size = json.dumps(settings["image_size"] and [settings["image_size"]] * 2)
+    result = subprocess.run(
+        [sys.executable, "-c", RSS_SCRIPT, str(ROOT), str(paths_file), str(repeat), settings["backbone"],
+         settings["weights"], size],
+        capture_output=True, text=True, check=True,
+    )
+    return int(result.stdout.strip().splitlines()[-1])
+
+
+class _EpochTimer:
+    def __init__(self):
+        import keras
+
+        outer = self
+        self.seconds: list[float] = []
+
+        class Callback(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                outer._start = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                outer.seconds.append(time.perf_counter() - outer._start)
+
+        self.callback = Callback()
+
+    def steady(self) -> float:
+        """The median epoch time after the first (which also traces and compiles)."""
+        import statistics
+
+        return statistics.median(self.seconds[1:] or self.seconds)
+
+
+def in_process_ratios(repo: Path, epochs: int) -> dict:
+    """Extraction vs bare forward, cached-feature vs in-graph head epochs, fine-tune epoch vs forward."""
+    import numpy as np
+    import tensorflow as tf
+
+    os.chdir(repo)
+    from transfer.backbones import build_feature_extractor, resolve
+    from transfer.datasets import image_dataset, read_classes, read_split
+    from transfer.features import FeatureStore, extract_features
+    from transfer.heads import build_head
+    from transfer.layout import FEATURES, RAW, SPLITS
+    from transfer.models import assemble_classifier, unfreeze_top
+    from transfer.params import Params, read_backbone
+    from transfer.training import compile_for_training, set_determinism
+
+    choice = resolve(read_backbone(Params.load()))
+    classes = read_classes(SPLITS)
+    train_paths, train_labels = read_split(SPLITS, "train", RAW, classes)
+    test_paths, test_labels = read_split(SPLITS, "test", RAW, classes)
+    extractor = build_feature_extractor(choice)
+
+    # 1. Extraction (decode, resize, preprocess, forward, write; tracing included, as a user waits for it)
+    #    against the steady forward pass alone on the same images already in memory, same batch size.
+    with tempfile.TemporaryDirectory() as out:
+        stats = extract_features(extractor, choice.image_size, {"train": (train_paths, train_labels)},
+                                 Path(out) / "features", 32, "float16", {})
+    batches = [batch for batch in image_dataset(train_paths, choice.image_size, 32)]
+    forward = tf.function(lambda images: extractor(images, training=False), reduce_retracing=True)
+    forward(batches[0]).numpy()  # trace once: what is timed below is the hardware's pace
+    start = time.perf_counter()
+    for batch in batches:
+        forward(batch).numpy()
+    forward_s = time.perf_counter() - start
+    forward_ips = len(train_paths) / forward_s
+
+    # 2. One head epoch on cached features against one the tutorial way (frozen backbone inside fit).
+    store = FeatureStore(FEATURES)
+    features, labels = store.load("train")
+    test_features, _ = store.load("test")
+    hot = np.eye(len(classes), dtype=np.float32)
+    set_determinism(0)
+    head = build_head(features.shape[1], len(classes), (), 0.2, False)
+    compile_for_training(head, 1e-3, 0.0)
+    cached = _EpochTimer()
+    head.fit(np.asarray(features, np.float32), hot[labels], batch_size=32, epochs=epochs, verbose=0,
+             callbacks=[cached.callback], shuffle=True)
+    cached_accuracy = float((head.predict(np.asarray(test_features, np.float32), verbose=0).argmax(1)
+                             == test_labels).mean())
+    set_determinism(0)
+    frozen = assemble_classifier(extractor, build_head(features.shape[1], len(classes), (), 0.2, False))
+    extractor.trainable = False
+    compile_for_training(frozen, 1e-3, 0.0)
+    in_graph = _EpochTimer()
+    frozen.fit(image_dataset(train_paths, choice.image_size, 32, train_labels, len(classes), shuffle_seed=0),
+               epochs=epochs, verbose=0, callbacks=[in_graph.callback])
+    in_graph_accuracy = float((frozen.predict(image_dataset(test_paths, choice.image_size, 64), verbose=0)
+                               .argmax(1) == test_labels).mean())
+
+    # 3. One fine-tune epoch (top 20 layers, BatchNorm frozen) against the forward pass over the same images.
+    set_determinism(0)
+    tuned = assemble_classifier(build_feature_extractor(choice),
+                                build_head(features.shape[1], len(classes), (), 0.2, False))
+    unfreeze_top(tuned, 20)
+    compile_for_training(tuned, 1e-5, 0.0)
+    fine = _EpochTimer()
+    tuned.fit(image_dataset(train_paths, choice.image_size, 32, train_labels, len(classes), shuffle_seed=0),
+              epochs=2, verbose=0, callbacks=[fine.callback])
+    return {
+        "images": len(train_paths),
+        "extract_images_per_s": stats["images_per_second"],
+        "forward_images_per_s": round(forward_ips, 1),
+        "forward_s": forward_s,
+        "cached_epoch_s": cached.steady(),
+        "in_graph_epoch_s": in_graph.steady(),
+        "cached_accuracy": cached_accuracy,
+        "in_graph_accuracy": in_graph_accuracy,
+        "finetune_epoch_s": fine.steady(),
+    }
+
+
+def ratios(raw: dict, rss_1x: int, rss_4x: int) -> dict[str, float]:
+    return {
+        "extract_vs_forward": raw["extract_images_per_s"] / raw["forward_images_per_s"],
+        "head_exp_vs_full_run": raw["head_exp_s"] / raw["full_run_s"],
+        "cached_vs_in_graph_epoch": raw["cached_epoch_s"] / raw["in_graph_epoch_s"],
+        "accuracy_gap_points": abs(raw["cached_accuracy"] - raw["in_graph_accuracy"]) * 100,
+        "rss_growth_4x": rss_4x / rss_1x,
+        "noop_repro_s": raw["noop_repro_s"],
+        "finetune_epoch_vs_forward": raw["finetune_epoch_s"] / raw["forward_s"],
+    }
+
+
+def verdicts(values: dict[str, float]) -> dict[str, dict]:
+    table = {}
+    for name, value in values.items():
+        target = TARGETS[name]
+        met = None if target is None else (value >= target[1] if target[0] == ">=" else value <= target[1])
+        table[name] = {"value": round(value, 4), "target": None if target is None else f"{target[0]} {target[1]}",
+                       "met": met}
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer epochs: about 5 minutes on 2 cores")
+    parser.add_argument("--generated", action="store_true", help="generated images even if shared assets exist")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json", help="where to write")
+    args = parser.parse_args(argv)
+    epochs = 3 if args.quick else 6
+    with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
+        work = Path(scratch)
+        name, settings = dataset(work, args.generated)
+        repo = make_pipeline_repo(work / "repo", {**settings, "fine_tune.epochs": 0, "head.epochs": 30})
+        raw = pipeline_ratios(repo)
+        raw.update(in_process_ratios(repo, epochs))
+        paths_file = work / "paths.json"
+        paths = sorted(str(path) for path in (repo / "data/raw").rglob("*") if path.is_file())
+        paths_file.write_text(json.dumps(paths))
+        rss_1x, rss_4x = peak_rss_kib(paths_file, 1, settings), peak_rss_kib(paths_file, 4, settings)
+        raw.update(rss_1x_kib=rss_1x, rss_4x_kib=rss_4x)
+        os.chdir(ROOT)  # in_process_ratios worked inside the temporary repository
+    table = verdicts(ratios(raw, rss_1x, rss_4x))
+    results = {"dataset": name, "backbone": settings["backbone"], "quick": args.quick,
+               "cpu_count": os.cpu_count(), "ratios": table, "measured": {k: round(v, 4) for k, v in raw.items()}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\n{name}, {settings['backbone']}, {os.cpu_count()} CPUs" + (" (quick)" if args.quick else ""))
+    print(f"{'ratio':28} {'value':>10} {'target':>10}  met")
+    for key, row in table.items():
+        met = {True: "yes", False: "NO", None: "-"}[row["met"]]
+        print(f"{key:28} {row['value']:>10.4f} {row['target'] or 'report':>10}  {met}")
+    print(f"wrote {args.out}; peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
