@@ -129,12 +129,11 @@ class _EpochTimer:
 def in_process_ratios(repo: Path, epochs: int) -> dict:
     """Extraction vs bare forward, cached-feature vs in-graph head epochs, fine-tune epoch vs forward."""
     import numpy as np
-    import tensorflow as tf
 
     os.chdir(repo)
     from transfer.backbones import build_feature_extractor, resolve
     from transfer.datasets import image_dataset, read_classes, read_split
-    from transfer.features import FeatureStore, extract_features
+    from transfer.features import FeatureStore, compiled_forward, extract_features
     from transfer.heads import build_head
     from transfer.layout import FEATURES, RAW, SPLITS
     from transfer.models import assemble_classifier, unfreeze_top
@@ -153,7 +152,7 @@ def in_process_ratios(repo: Path, epochs: int) -> dict:
         stats = extract_features(extractor, choice.image_size, {"train": (train_paths, train_labels)},
                                  Path(out) / "features", 32, "float16", {})
     batches = [batch for batch in image_dataset(train_paths, choice.image_size, 32)]
-    forward = tf.function(lambda images: extractor(images, training=False), reduce_retracing=True)
+    forward = compiled_forward(extractor, choice.image_size)
     forward(batches[0]).numpy()  # trace once: what is timed below is the hardware's pace
     start = time.perf_counter()
     for batch in batches:
