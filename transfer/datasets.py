@@ -7,6 +7,7 @@ later stage reads it from there, never from the folder names again.
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,27 @@ class ImageScan:
 # Formats that cameras and scanners produce but TensorFlow's decoder does not read, by their first bytes.
 UNSUPPORTED_FORMATS = {b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"%PDF": "PDF"}
 SUPPORTED = "JPEG, PNG, GIF, BMP or WebP"
+# A decoded image takes 3 bytes a pixel, and its float copy 12: a crafted or gigapixel file must not exhaust
+# memory before it can be refused.
+MAX_PIXELS = 100_000_000
+
+
+def _declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the image's header, without decoding it; None when Pillow cannot tell."""
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the bound here is MAX_PIXELS
+        try:
+            with Image.open(io.BytesIO(data)) as image:  # reads the header only
+                return image.size
+        except Exception:  # noqa: BLE001 (whatever Pillow makes of it, TensorFlow's decoder has the last word)
+            return None
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
 
 
 def decode_problem(data: bytes) -> str | None:
@@ -58,6 +80,9 @@ def decode_problem(data: bytes) -> str | None:
             return f"{name} is not supported; convert it to {SUPPORTED}"
     if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1"):
         return f"HEIC is not supported; convert it to {SUPPORTED}"
+    size = _declared_size(data)
+    if size and size[0] * size[1] > MAX_PIXELS:
+        return f"{size[0]}x{size[1]} pixels is over the {MAX_PIXELS // 1_000_000}-megapixel bound; scale it down"
     try:
         tf.io.decode_image(data, channels=3, expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:

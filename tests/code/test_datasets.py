@@ -11,6 +11,7 @@ from PIL import Image
 
 from transfer.datasets import (
     data_report,
+    decode_problem,
     load_image,
     read_classes,
     read_split,
@@ -106,6 +107,25 @@ def test_unsupported_and_unreadable_files_say_why(raw, monkeypatch):
         "circle/scan.jpg": "TIFF is not supported; convert it to JPEG, PNG, GIF, BMP or WebP",
         "circle/locked.jpg": "cannot be read: Permission denied",
     }, "hidden entries are neither images nor exclusions"
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares a size but holds almost no pixels (cheap to make, huge to decode)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_an_image_too_large_to_decode_safely_is_refused_from_its_header(raw):
+    (raw / "circle" / "panorama.png").write_bytes(_png_header(20000, 20000))
+    reasons = {row["path"]: row["reason"] for row in scan_images(raw).excluded}
+    assert reasons == {"circle/panorama.png": "20000x20000 pixels is over the 100-megapixel bound; scale it down"}
+    assert decode_problem(_encoded(Image.fromarray(GRADIENT), "PNG")) is None
 
 
 def test_the_data_report_lists_duplicates_and_download_exclusions(raw):
