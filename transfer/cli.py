@@ -35,7 +35,7 @@ def _check_images(given: list[str] | None) -> list[Path]:
 def _predict(args: argparse.Namespace) -> dict:
     from transfer.predict import predict_to_csv
 
-    return predict_to_csv(args.model, args.inputs, args.out, args.batch_size, args.top_k)
+    return predict_to_csv(args.model, args.inputs, args.out, args.batch_size, args.top_k, args.tta)
 
 
 def _export(args: argparse.Namespace) -> dict:
@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the CSV to write, whole or not at all (default: predictions.csv)")
     predict.add_argument("--batch-size", type=_positive, default=32, help="images per forward pass (default: 32)")
     predict.add_argument("--top-k", type=_positive, default=3, help="how many classes to list per image (default: 3)")
+    predict.add_argument("--tta", action="store_true",
+                         help="test-time augmentation: average each image's probabilities with its mirror "
+                              "image's, as evaluate.tta does (twice the forward passes)")
     predict.set_defaults(run=_predict)
 
     export = commands.add_parser(

@@ -79,12 +79,17 @@ def class_probabilities(model, paths: list[str], batch_size: int, tta: bool = Fa
     return probabilities
 
 
-def predict_files(model, files: list[Path], batch_size: int = 32, progress: bool = True) -> tuple[np.ndarray, list]:
+def predict_files(
+    model, files: list[Path], batch_size: int = 32, tta: bool = False, progress: bool = True
+) -> tuple[np.ndarray, list]:
     """Class probabilities for each file; NaN rows for files that cannot be used.
+
+    With ``tta``, each image's probabilities are averaged with its mirror image's, as ``evaluate.tta`` does.
 
     Returns:
         (probabilities [files, classes], the problem of each file or None).
     """
+    import tensorflow as tf
     from tqdm import tqdm
 
     with ThreadPoolExecutor(4) as pool:
@@ -97,6 +102,8 @@ def predict_files(model, files: list[Path], batch_size: int = 32, progress: bool
     with tqdm(total=len(good), unit="img", desc="predict", disable=not progress) as bar:
         for batch in dataset:
             scores = model(batch, training=False).numpy()
+            if tta:
+                scores = (scores + model(tf.image.flip_left_right(batch), training=False).numpy()) / 2
             probabilities[good[position : position + len(scores)]] = scores
             position += len(scores)
             bar.update(len(scores))
@@ -122,13 +129,15 @@ def prediction_table(
     return header, rows
 
 
-def predict_to_csv(model_path: Path, inputs: list[str], out: Path, batch_size: int, top_k: int) -> dict:
+def predict_to_csv(
+    model_path: Path, inputs: list[str], out: Path, batch_size: int, top_k: int, tta: bool = False
+) -> dict:
     """Predict every input image with a saved model and write the CSV whole; returns a summary."""
     from transfer.models import load_model
 
     model, classes = load_model(model_path)
     files = expand_inputs(inputs)
-    probabilities, problems = predict_files(model, files, batch_size)
+    probabilities, problems = predict_files(model, files, batch_size, tta)
     header, rows = prediction_table(files, probabilities, problems, classes, top_k)
     write_csv(out, header, rows)
     failed = sum(problem is not None for problem in problems)

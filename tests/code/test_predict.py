@@ -64,6 +64,17 @@ def test_predictions_match_the_model_and_bad_files_get_an_error(model_path, phot
         assert row["top_2"].split(" ") == [CLASSES[i] for i in np.argsort(-expected)[:2]]
 
 
+def test_tta_averages_each_image_with_its_mirror(model_path, photos, tmp_path):
+    import keras
+
+    predict_to_csv(model_path, [str(photos / "batch")], tmp_path / "tta.csv", batch_size=8, top_k=1, tta=True)
+    model = keras.saving.load_model(model_path)
+    for row in _rows(tmp_path / "tta.csv"):
+        image = load_image(row["file"], (32, 32)).numpy()
+        both = model.predict(np.stack([image, image[:, ::-1]]), verbose=0)
+        np.testing.assert_allclose([float(row[name]) for name in CLASSES], both.mean(axis=0), atol=1e-5)
+
+
 def test_inputs_are_files_folders_and_globs(photos):
     assert [path.name for path in expand_inputs([str(photos / "png_named.jpg")])] == ["png_named.jpg"]
     globbed = expand_inputs([str(photos / "batch" / "*.png")])
@@ -101,3 +112,7 @@ def test_every_command_explains_its_options():
                                  capture_output=True, text=True).stdout
     for option in ("--format", "--quantize", "--out", "--images"):
         assert option in export_help
+    predict_help = subprocess.run([sys.executable, "-m", "transfer", "predict", "--help"], cwd=REPO,
+                                  capture_output=True, text=True).stdout
+    for option in ("--out", "--batch-size", "--top-k", "--tta"):
+        assert option in predict_help
