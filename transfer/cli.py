@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from transfer.errors import UserError
+from transfer.errors import UserError, one_line
 
 DEFAULT_MODEL = Path("models/model.keras")
 
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = args.run(args)
     except UserError as error:
-        print("error: " + " ".join(str(error).split()), file=sys.stderr)
+        print(one_line(error), file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import numpy as np
 
 from transfer.errors import DataError
 from transfer.io import read_csv, read_json, write_csv, write_json
-from transfer.layout import is_hidden
+from transfer.layout import is_hidden, visible_files
 
 SPLITS = ("train", "val", "test")
 CLASSES_FILE = "classes.json"
@@ -45,6 +46,7 @@ SUPPORTED = "JPEG, PNG, GIF, BMP or WebP"
 # A decoded image takes 3 bytes a pixel, and its float copy 12: a crafted or gigapixel file must not exhaust
 # memory before it can be refused.
 MAX_PIXELS = 100_000_000
+_PILLOW_BOUND = threading.Lock()
 
 
 def _declared_size(data: bytes) -> tuple[int, int] | None:
@@ -53,7 +55,9 @@ def _declared_size(data: bytes) -> tuple[int, int] | None:
 
     from PIL import Image
 
-    with warnings.catch_warnings():
+    # Pillow's own bomb bound is a module global: swap it only under a lock, since split reads headers from
+    # several threads and an unlocked swap could leave Pillow's protection off for the whole process.
+    with _PILLOW_BOUND, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the bound here is MAX_PIXELS
         try:
@@ -92,16 +96,22 @@ def decode_problem(data: bytes) -> str | None:
     return None
 
 
-def _inspect(path: Path) -> tuple[str | None, str]:
+def read_image_file(path: Path) -> tuple[str | None, bytes]:
+    """(why the file cannot be used, or None; its bytes, empty when it cannot be read)."""
     try:
         str(path).encode("utf-8")
     except UnicodeEncodeError:
-        return "file name is not valid UTF-8; rename it", ""
+        return "file name is not valid UTF-8; rename it", b""
     try:
         data = path.read_bytes()
     except OSError as error:
-        return f"cannot be read: {error.strerror or error}", ""
-    return decode_problem(data), hashlib.sha256(data).hexdigest()
+        return f"cannot be read: {error.strerror or error}", b""
+    return decode_problem(data), data
+
+
+def _inspect(path: Path) -> tuple[str | None, str]:
+    problem, data = read_image_file(path)
+    return problem, hashlib.sha256(data).hexdigest() if data else ""
 
 
 def scan_images(raw: Path, workers: int = 4) -> ImageScan:
@@ -115,8 +125,7 @@ def scan_images(raw: Path, workers: int = 4) -> ImageScan:
     files = [
         (path, name)
         for name in classes
-        for path in sorted((raw / name).rglob("*"))
-        if path.is_file() and not any(is_hidden(part) for part in path.relative_to(raw).parts)
+        for path in visible_files(raw / name)
     ]
     with ThreadPoolExecutor(workers) as pool:
         results = list(pool.map(lambda item: _inspect(item[0]), files))

@@ -14,3 +14,8 @@ class ParamError(UserError):
 class DataError(UserError):
     """A dataset, archive, image or stage input that is missing or unusable."""
 
+
+
+def one_line(error: Exception) -> str:
+    """The error as the single ``error: ...`` line a user sees, whatever line breaks its message held."""
+    return "error: " + " ".join(str(error).split())

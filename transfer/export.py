@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.datasets import decode_problem, load_image
+from transfer.datasets import load_image, read_image_file
 from transfer.errors import DataError
 from transfer.io import atomic_path, remove, write_json
 from transfer.models import classes_path, input_size, load_model
@@ -39,7 +39,7 @@ def default_output(model_path: Path, fmt: str, quantize: str) -> Path:
 
 def _load_images(paths: list[Path], size: tuple[int, int]) -> np.ndarray:
     """The usable images among ``paths``, resized as the model resizes them, as one float32 array."""
-    usable = [path for path in paths if decode_problem(path.read_bytes()) is None]
+    usable = [path for path in paths if read_image_file(path)[0] is None]
     if not usable:
         raise DataError("none of the check images can be decoded")
     return np.stack([load_image(str(path), size).numpy() for path in usable])

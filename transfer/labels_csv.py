@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from transfer.errors import DataError
-from transfer.layout import is_hidden
+from transfer.layout import visible_files
 from transfer.params import repo_path
 
 # Header names recognised (case-insensitive), in order of preference.
@@ -95,11 +95,7 @@ class _ImageIndex:
 
     def __init__(self, root: Path):
         self.root = root
-        self.paths = sorted(
-            path.relative_to(root).as_posix()
-            for path in root.rglob("*")
-            if path.is_file() and not any(is_hidden(part) for part in path.relative_to(root).parts)
-        )
+        self.paths = [path.relative_to(root).as_posix() for path in visible_files(root)]
         self._known = set(self.paths)
         self._by_name: dict[str, list[str]] = defaultdict(list)
         self._by_stem: dict[str, list[str]] = defaultdict(list)

@@ -27,3 +27,11 @@ CURVES = "curves.png"
 def is_hidden(name: str) -> bool:
     """Hidden entries (``.ipynb_checkpoints``, ``.DS_Store``) and macOS ``__MACOSX`` are never data."""
     return name.startswith(".") or name == "__MACOSX"
+
+
+def visible_files(root: Path) -> list[Path]:
+    """Every file under ``root``, at any depth, that is not hidden and not inside a hidden folder; sorted."""
+    return sorted(
+        path for path in root.rglob("*")
+        if path.is_file() and not any(is_hidden(part) for part in path.relative_to(root).parts)
+    )

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.datasets import decode_problem, image_dataset
+from transfer.datasets import image_dataset, read_image_file
 from transfer.errors import DataError
 from transfer.io import write_csv
-from transfer.layout import is_hidden
+from transfer.layout import visible_files
 from transfer.models import input_size
 
 GLOB_CHARACTERS = "*?["
@@ -38,11 +38,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
                 raise DataError(f"{item!r} matches no file")
             files.extend(match for match in matches if match.is_file())
         elif Path(item).is_dir():
-            root = Path(item)
-            files.extend(sorted(
-                path for path in root.rglob("*")
-                if path.is_file() and not any(is_hidden(part) for part in path.relative_to(root).parts)
-            ))
+            files.extend(visible_files(Path(item)))
         elif Path(item).is_file():
             files.append(Path(item))
         else:
@@ -51,13 +47,6 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     if not unique:
         raise DataError(f"no files found in {', '.join(inputs)}")
     return unique
-
-
-def _problem(path: Path) -> str | None:
-    try:
-        return decode_problem(path.read_bytes())
-    except OSError as error:
-        return f"cannot be read: {error.strerror or error}"
 
 
 def class_probabilities(model, paths: list[str], batch_size: int, tta: bool = False) -> np.ndarray:
@@ -93,7 +82,7 @@ def predict_files(
     from tqdm import tqdm
 
     with ThreadPoolExecutor(4) as pool:
-        problems = list(pool.map(_problem, files))
+        problems = [problem for problem, _ in pool.map(read_image_file, files)]
     good = [i for i, problem in enumerate(problems) if problem is None]
     classes = int(model.output_shape[-1])
     probabilities = np.full((len(files), classes), np.nan, dtype=np.float32)

@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from transfer.errors import UserError
+from transfer.errors import UserError, one_line
 from transfer.io import write_json
 from transfer.layout import TIMINGS
 from transfer.validation import check_params
@@ -26,7 +26,7 @@ def run_stage(name: str, main: Callable[[], dict | None]) -> None:
         check_params()
         figures = main() or {}
     except UserError as error:
-        print("error: " + " ".join(str(error).split()), file=sys.stderr)  # one line, always
+        print(one_line(error), file=sys.stderr)
         sys.exit(2)
     # The stage's own wall time wins over any "seconds" among the figures (extraction reports its loop's).
     write_json(TIMINGS / f"{name}.json", {**figures, "seconds": round(time.perf_counter() - start, 2)})
