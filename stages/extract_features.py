@@ -1,6 +1,6 @@
 """extract-features: run the frozen backbone once over every split and cache its pooled features.
 
-Reads params: backbone, weights, image_size, features.batch_size, features.dtype.
+Reads params: backbone, weights, image_size, features.batch_size, features.dtype, strategy, mixed_precision.
 Writes: data/features/ ({split}_features.npy, {split}_labels.npy, meta.json)
 """
 
@@ -12,28 +12,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this fi
 from transfer.backbones import BackboneChoice, build_feature_extractor, resolve
 from transfer.datasets import SPLITS as SPLIT_NAMES
 from transfer.datasets import read_classes, read_split
+from transfer.distribute import runtime
 from transfer.features import extract_features
 from transfer.layout import FEATURES, RAW, SPLITS
-from transfer.params import FeatureParams, Params, read_backbone, read_features
+from transfer.params import DistributeParams, FeatureParams, Params, read_backbone, read_distribute, read_features
 from transfer.stage import run_stage
 
 
-def parse_params(params: Params) -> tuple[BackboneChoice, FeatureParams]:
-    return resolve(read_backbone(params), params.source), read_features(params)
+def parse_params(params: Params) -> tuple[BackboneChoice, FeatureParams, DistributeParams]:
+    return resolve(read_backbone(params), params.source), read_features(params), read_distribute(params)
 
 
 def main() -> dict:
-    choice, features = parse_params(Params.load())
+    choice, features, distribute = parse_params(Params.load())
     classes = read_classes(SPLITS)
     splits = {split: read_split(SPLITS, split, RAW, classes) for split in SPLIT_NAMES}
-    extractor = build_feature_extractor(choice)
+    setup = runtime(distribute)
+    with setup.scope():
+        extractor = build_feature_extractor(choice)
     meta = {
         "backbone": choice.spec.name,
         "weights": choice.weights if choice.weights in ("imagenet", None) else Path(choice.weights).name,
         "image_size": list(choice.image_size),
         "classes": classes,
     }
-    return extract_features(extractor, choice.image_size, splits, FEATURES, features.batch_size, features.dtype, meta)
+    return extract_features(extractor, choice.image_size, splits, FEATURES, features.batch_size, features.dtype, meta,
+                            runtime=setup)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 With ``fine_tune.epochs: 0`` the backbone and head are only assembled, so ``models/model.keras`` always
 exists and evaluate scores the artifact a user would deploy.
 
-Reads params: seed, backbone, weights, image_size, fine_tune.*.
+Reads params: seed, backbone, weights, image_size, fine_tune.*, strategy, mixed_precision.
 Writes: models/model.keras (+ classes), reports/fine_tune/{history.csv,metrics.json,curves.png}
 """
 
@@ -15,11 +15,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this fi
 
 from transfer.backbones import BackboneChoice, build_feature_extractor, resolve
 from transfer.datasets import image_dataset, read_classes, read_split
+from transfer.distribute import runtime
 from transfer.errors import DataError
 from transfer.io import write_json
 from transfer.layout import CURVES, FINE_TUNE_REPORTS, HEAD_MODEL, HISTORY, MODEL, RAW, SPLITS, STAGE_METRICS
 from transfer.models import assemble_classifier, load_model, save_model, unfreeze_top
-from transfer.params import FineTuneParams, Params, read_backbone, read_fine_tune
+from transfer.params import (
+    DistributeParams,
+    FineTuneParams,
+    Params,
+    read_backbone,
+    read_distribute,
+    read_fine_tune,
+)
 from transfer.reports import plot_history
 from transfer.stage import run_stage
 from transfer.training import (
@@ -35,22 +43,27 @@ from transfer.training import (
 log = logging.getLogger("fine-tune")
 
 
-def parse_params(params: Params) -> tuple[int, BackboneChoice, FineTuneParams]:
-    return params.int("seed"), resolve(read_backbone(params), params.source), read_fine_tune(params)
+def parse_params(params: Params) -> tuple[int, BackboneChoice, FineTuneParams, DistributeParams]:
+    backbone = resolve(read_backbone(params), params.source)
+    return params.int("seed"), backbone, read_fine_tune(params), read_distribute(params)
 
 
 def main() -> None:
-    seed, choice, tune = parse_params(Params.load())
+    seed, choice, tune, distribute = parse_params(Params.load())
     classes = read_classes(SPLITS)
-    extractor = build_feature_extractor(choice)
-    # Seed before loading the head: its Dropout layers draw their random seeds as they are created.
-    set_determinism(seed)
-    head, head_classes = load_model(HEAD_MODEL)
-    if head_classes != classes:
-        raise DataError(f"{HEAD_MODEL} was trained on other classes than {SPLITS}; re-run train-head")
-    model = assemble_classifier(extractor, head)
-    unfrozen = unfreeze_top(model, tune.unfreeze)
-    compile_for_training(model, tune.training.lr, tune.training.label_smoothing)
+    setup = runtime(distribute, across_hosts=False)
+    if not setup.chief:
+        return
+    with setup.scope():
+        extractor = build_feature_extractor(choice)
+        # Seed before loading the head: its Dropout layers draw their random seeds as they are created.
+        set_determinism(seed)
+        head, head_classes = load_model(HEAD_MODEL)
+        if head_classes != classes:
+            raise DataError(f"{HEAD_MODEL} was trained on other classes than {SPLITS}; re-run train-head")
+        model = assemble_classifier(extractor, head)
+        unfrozen = unfreeze_top(model, tune.unfreeze)
+        compile_for_training(model, tune.training.lr, tune.training.label_smoothing)
 
     def labelled(split: str, shuffle_seed: int | None = None):
         paths, labels = read_split(SPLITS, split, RAW, classes)

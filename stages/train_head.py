@@ -1,6 +1,6 @@
 """train-head: train the classifier head on the cached bottleneck features (seconds, not minutes).
 
-Reads params: seed, head.*.
+Reads params: seed, head.*, strategy, mixed_precision.
 Writes: models/head.keras (+ classes), reports/head/{history.csv,metrics.json,curves.png}
 """
 
@@ -11,12 +11,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this fi
 
 import numpy as np
 
+from transfer.distribute import runtime
 from transfer.features import FeatureStore
 from transfer.heads import build_head
 from transfer.io import write_json
 from transfer.layout import CURVES, FEATURES, HEAD_MODEL, HEAD_REPORTS, HISTORY, STAGE_METRICS
 from transfer.models import save_model
-from transfer.params import HeadParams, Params, read_head
+from transfer.params import DistributeParams, HeadParams, Params, read_distribute, read_head
 from transfer.reports import plot_history
 from transfer.stage import run_stage
 from transfer.training import (
@@ -29,8 +30,8 @@ from transfer.training import (
 )
 
 
-def parse_params(params: Params) -> tuple[int, HeadParams]:
-    return params.int("seed"), read_head(params)
+def parse_params(params: Params) -> tuple[int, HeadParams, DistributeParams]:
+    return params.int("seed"), read_head(params), read_distribute(params)
 
 
 def as_training_arrays(store: FeatureStore, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -40,15 +41,19 @@ def as_training_arrays(store: FeatureStore, split: str) -> tuple[np.ndarray, np.
 
 
 def main() -> None:
-    seed, head = parse_params(Params.load())
+    seed, head, distribute = parse_params(Params.load())
+    setup = runtime(distribute, across_hosts=False)
+    if not setup.chief:
+        return
     set_determinism(seed)
     store = FeatureStore(FEATURES)
     x_train, y_train, train_labels = as_training_arrays(store, "train")
     x_val, y_val, _ = as_training_arrays(store, "val")
     validation = (x_val, y_val) if len(x_val) else None
 
-    model = build_head(x_train.shape[1], len(store.classes), head.hidden, head.dropout, head.batchnorm)
-    compile_for_training(model, head.training.lr, head.training.label_smoothing)
+    with setup.scope():
+        model = build_head(x_train.shape[1], len(store.classes), head.hidden, head.dropout, head.batchnorm)
+        compile_for_training(model, head.training.lr, head.training.label_smoothing)
     weights = class_weights(train_labels, len(store.classes), head.training.class_weight)
     rows = fit(model, (x_train, y_train), validation, head.training, weights)
 

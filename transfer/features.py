@@ -9,6 +9,8 @@ Layout of a feature folder (``data/features/``):
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -56,24 +58,67 @@ def compiled_forward(extractor, image_size: tuple[int, int]):
     return tf.function(lambda images: extractor(images, training=False), input_signature=signature)
 
 
-def _write_split(
-    forward, paths: list[str], out: Path, image_size: tuple[int, int], dim: int, batch_size: int, dtype: str, progress
-) -> None:
-    """Stream one split's images through ``forward`` into a preallocated array on disk."""
-    from numpy.lib.format import open_memmap
-
-    if not paths:
-        np.save(out, np.zeros((0, dim), dtype=dtype))
-        return
-    array = open_memmap(out, mode="w+", dtype=dtype, shape=(len(paths), dim))
+def _local_batches(forward, paths: list[str], image_size: tuple[int, int], batch_size: int):
+    """(positions, features) per batch of ``forward`` (see :func:`compiled_forward`) on one device, in file order."""
     position = 0
     for batch in image_dataset(paths, image_size, batch_size):
         features = forward(batch).numpy()
-        array[position : position + len(features)] = features
+        yield np.arange(position, position + len(features)), features
         position += len(features)
+
+
+def distributed_forward(extractor, strategy):
+    """One traced step that runs each replica's share of a global batch and gathers (positions, features).
+
+    Every image travels with its position in the split, and every replica's results are gathered onto each
+    worker, so the order in which the strategy shards the data (across hosts it interleaves them) cannot
+    misplace a feature row.
+    """
+    import tensorflow as tf
+
+    @tf.function
+    def step(positions, images):
+        local = strategy.run(lambda p, x: (p, extractor(x, training=False)), args=(positions, images))
+        return strategy.gather(local[0], axis=0), strategy.gather(local[1], axis=0)
+
+    return step
+
+
+def _distributed_batches(step, paths: list[str], image_size: tuple[int, int], batch_size: int, strategy):
+    """(positions, features) per global batch of ``step`` (see :func:`distributed_forward`)."""
+    import tensorflow as tf
+
+    positions = tf.data.Dataset.range(len(paths)).batch(batch_size)
+    dataset = tf.data.Dataset.zip((positions, image_dataset(paths, image_size, batch_size)))
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    for positions_batch, images in strategy.experimental_distribute_dataset(dataset.with_options(options)):
+        where, features = step(positions_batch, images)
+        yield where.numpy(), features.numpy()
+
+
+def _write_split(batches, out: Path, count: int, dim: int, dtype: str, progress) -> None:
+    """Write ``count`` feature rows, arriving as (positions, features) batches, into a preallocated array on disk.
+
+    Raises:
+        RuntimeError: a row was never written or written twice (a distribution bug; nothing is kept).
+    """
+    from numpy.lib.format import open_memmap
+
+    if not count:
+        np.save(out, np.zeros((0, dim), dtype=dtype))
+        return
+    array = open_memmap(out, mode="w+", dtype=dtype, shape=(count, dim))
+    written = np.zeros(count, dtype=np.int32)
+    for positions, features in batches:
+        array[positions] = features
+        np.add.at(written, positions, 1)
         progress.update(len(features))
     array.flush()
     del array
+    if not (written == 1).all():
+        raise RuntimeError(f"{out.name}: {int((written == 0).sum())} rows missing and {int((written > 1).sum())} "
+                           "written twice; the features are not kept")
 
 
 def extract_features(
@@ -84,6 +129,7 @@ def extract_features(
     batch_size: int,
     dtype: str,
     meta: dict[str, Any],
+    runtime=None,
 ) -> dict[str, float]:
     """Run the frozen extractor once over every split and write the feature folder, whole or not at all.
 
@@ -95,21 +141,32 @@ def extract_features(
         batch_size: images per forward pass.
         dtype: the stored feature dtype, ``float16`` or ``float32``.
         meta: facts to record in ``meta.json`` (backbone, weights, image size, classes).
+        runtime: the :class:`transfer.distribute.Runtime` to run under; None: one device. A worker that is
+            not the chief computes its share and writes nothing.
 
     Returns:
         {"images": count, "seconds": wall time, "images_per_second": throughput}.
     """
     from tqdm import tqdm
 
-    forward = compiled_forward(extractor, image_size)
     dim = int(extractor.output_shape[-1])
     total = sum(len(paths) for paths, _ in splits.values())
     start = time.perf_counter()
+    distributed = runtime is not None and runtime.distributed
+    if distributed:
+        step = distributed_forward(extractor, runtime.strategy)
+    else:
+        forward = compiled_forward(extractor, image_size)
+    if runtime is not None and not runtime.chief:
+        target = Path(tempfile.mkdtemp(prefix="features-")) / target.name
     with atomic_path(target) as staging, tqdm(total=total, unit="img", desc="extract-features") as progress:
         staging.mkdir()
         for split, (paths, labels) in splits.items():
-            out = staging / f"{split}_features.npy"
-            _write_split(forward, paths, out, image_size, dim, batch_size, dtype, progress)
+            if distributed:
+                batches = _distributed_batches(step, paths, image_size, batch_size, runtime.strategy)
+            else:
+                batches = _local_batches(forward, paths, image_size, batch_size)
+            _write_split(batches, staging / f"{split}_features.npy", len(paths), dim, dtype, progress)
             np.save(staging / f"{split}_labels.npy", np.asarray(labels, dtype=np.int32))
         write_json(
             staging / META_FILE,
@@ -120,6 +177,8 @@ def extract_features(
                 "counts": {split: len(paths) for split, (paths, _) in splits.items()},
             },
         )
+    if runtime is not None and not runtime.chief:
+        shutil.rmtree(target.parent)
     seconds = time.perf_counter() - start
     stats = {"images": total, "seconds": round(seconds, 2), "images_per_second": round(total / seconds, 1)}
     log.info("extract-features: %d images in %.1f s (%.1f images/s)", total, seconds, stats["images_per_second"])

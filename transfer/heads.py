@@ -37,5 +37,6 @@ def build_head(feature_dim: int, num_classes: int, hidden: Sequence[int], dropou
             x = keras.layers.Dropout(dropout, name=f"head_dropout_{i}")(x)
     if not hidden and dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    # float32 whatever the global policy: under mixed precision, softmax and the loss stay in full precision.
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=HEAD_LAYER)

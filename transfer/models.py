@@ -7,6 +7,7 @@ beside it in ``models/model.classes.json``. Loading needs nothing from this proj
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from transfer.backbones import BACKBONE_LAYER
 from transfer.errors import DataError, ParamError
@@ -93,13 +94,32 @@ def classes_path(model_path: Path) -> Path:
     return model_path.with_name(model_path.stem + CLASSES_SUFFIX)
 
 
+def float32_config(config: Any) -> Any:
+    """A model config with every mixed dtype policy replaced by float32 (for saving a deployable model).
+
+    Only ``dtype`` entries change: layer names such as InceptionResNetV2's ``mixed_6a`` stay as they are.
+    """
+    if isinstance(config, list):
+        return [float32_config(item) for item in config]
+    if not isinstance(config, dict):
+        return config
+    if config.get("class_name") == "DTypePolicy":
+        name = str(config.get("config", {}).get("name", ""))
+        return {**config, "config": {**config["config"], "name": "float32"}} if name.startswith("mixed_") else config
+    rewritten = {key: float32_config(value) for key, value in config.items()}
+    if isinstance(rewritten.get("dtype"), str) and rewritten["dtype"].startswith("mixed_"):
+        rewritten["dtype"] = "float32"
+    return rewritten
+
+
 def save_model(model, path: Path, classes: list[str]) -> None:
     """Save a model's architecture and weights (no optimizer state) and its class names, each whole or not at all."""
     import keras
 
     # A copy rebuilt from the model's config has never been compiled, so the file carries no optimizer
-    # slots (which would triple the size of a fine-tuned model) and loads without warnings.
-    bare = keras.Model.from_config(model.get_config())
+    # slots (which would triple the size of a fine-tuned model) and loads without warnings. Mixed precision
+    # keeps float32 weights, so a float32 copy loses nothing and runs the same on a CPU.
+    bare = keras.Model.from_config(float32_config(model.get_config()))
     bare.set_weights(model.get_weights())
     with atomic_path(path) as temporary:
         bare.save(temporary)

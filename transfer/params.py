@@ -21,6 +21,7 @@ from transfer.errors import ParamError
 PARAMS_FILE = "params.yaml"
 CLASS_WEIGHTS = ("balanced", "none")
 FEATURE_DTYPES = ("float16", "float32")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 
 _MISSING = object()
 
@@ -292,6 +293,28 @@ def read_evaluate(params: Params) -> EvaluateParams:
         temperature_scaling=params.bool("evaluate.temperature_scaling"),
         gradcam=params.int("evaluate.gradcam", minimum=0),
     )
+
+
+@dataclass(frozen=True)
+class DistributeParams:
+    """Where the stages that run a model run it (extract-features, train-head, fine-tune).
+
+    Attributes:
+        strategy: ``auto`` (every GPU of this host when there are two or more, else one device), ``default``
+            (one device), ``mirrored`` (every GPU of this host, or every logical CPU device when there is no
+            GPU) or ``multi_worker`` (every host named in ``TF_CONFIG``).
+        mixed_precision: ``auto`` (float16 compute on GPUs, float32 on CPUs), True or False.
+    """
+
+    strategy: str
+    mixed_precision: bool | str
+
+
+def read_distribute(params: Params) -> DistributeParams:
+    precision = params.value("mixed_precision")
+    if precision != "auto" and not isinstance(precision, bool):
+        raise params.fail("mixed_precision", precision, "auto, true or false")
+    return DistributeParams(strategy=params.choice("strategy", STRATEGIES), mixed_precision=precision)
 
 
 @dataclass(frozen=True)

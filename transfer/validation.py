@@ -19,6 +19,7 @@ from transfer.params import (
     Params,
     read_backbone,
     read_data,
+    read_distribute,
     read_evaluate,
     read_features,
     read_fine_tune,
@@ -48,6 +49,7 @@ def check_all(params: Params) -> None:
     read_split(params)
     resolve(read_backbone(params), params.source)
     read_features(params)
+    read_distribute(params)
     read_head(params)
     read_fine_tune(params)
     read_evaluate(params)
