@@ -36,6 +36,7 @@ from transfer.training import (
     class_weights,
     compile_for_training,
     fit,
+    score,
     set_determinism,
     write_history,
 )
@@ -51,9 +52,7 @@ def parse_params(params: Params) -> tuple[int, BackboneChoice, FineTuneParams, D
 def main() -> None:
     seed, choice, tune, distribute = parse_params(Params.load())
     classes = read_classes(SPLITS)
-    setup = runtime(distribute, across_hosts=False)
-    if not setup.chief:
-        return
+    setup = runtime(distribute)
     with setup.scope():
         extractor = build_feature_extractor(choice)
         # Seed before loading the head: its Dropout layers draw their random seeds as they are created.
@@ -81,12 +80,12 @@ def main() -> None:
         log.info("fine-tune: training %d backbone layers from %s, and the head, at lr %g",
                  len(unfrozen), unfrozen[0] if unfrozen else "-", tune.training.lr)
         weights = class_weights(train_labels, len(classes), tune.training.class_weight)
-        rows = fit(model, train, validation, tune.training, weights)
+        rows = fit(model, train, validation, tune.training, weights, strategy=setup.strategy)
 
     save_model(model, MODEL, classes)
     write_history(FINE_TUNE_REPORTS / HISTORY, rows)
     plot_history(rows, FINE_TUNE_REPORTS / CURVES, f"Fine-tuning {choice.spec.name}")
-    scored = model.evaluate(validation, verbose=0, return_dict=True) if validation is not None else {}
+    scored = score(model, validation, tune.training.batch_size, setup.strategy) if validation is not None else {}
     write_json(FINE_TUNE_REPORTS / STAGE_METRICS, {
         "val_accuracy": scored.get("accuracy"),
         "val_loss": scored.get("loss"),

@@ -25,6 +25,7 @@ from transfer.training import (
     class_weights,
     compile_for_training,
     fit,
+    score,
     set_determinism,
     write_history,
 )
@@ -42,9 +43,7 @@ def as_training_arrays(store: FeatureStore, split: str) -> tuple[np.ndarray, np.
 
 def main() -> None:
     seed, head, distribute = parse_params(Params.load())
-    setup = runtime(distribute, across_hosts=False)
-    if not setup.chief:
-        return
+    setup = runtime(distribute)
     set_determinism(seed)
     store = FeatureStore(FEATURES)
     x_train, y_train, train_labels = as_training_arrays(store, "train")
@@ -55,12 +54,13 @@ def main() -> None:
         model = build_head(x_train.shape[1], len(store.classes), head.hidden, head.dropout, head.batchnorm)
         compile_for_training(model, head.training.lr, head.training.label_smoothing)
     weights = class_weights(train_labels, len(store.classes), head.training.class_weight)
-    rows = fit(model, (x_train, y_train), validation, head.training, weights)
+    rows = fit(model, (x_train, y_train), validation, head.training, weights, shuffle_seed=seed,
+               strategy=setup.strategy)
 
     save_model(model, HEAD_MODEL, store.classes)
     write_history(HEAD_REPORTS / HISTORY, rows)
     plot_history(rows, HEAD_REPORTS / CURVES, f"Head on cached {store.meta['backbone']} features")
-    scored = model.evaluate(*(validation or (x_train, y_train)), verbose=0, return_dict=True)
+    scored = score(model, validation or (x_train, y_train), head.training.batch_size, setup.strategy)
     write_json(HEAD_REPORTS / STAGE_METRICS, {
         "val_accuracy": scored["accuracy"],
         "val_loss": scored["loss"],

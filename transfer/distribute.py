@@ -10,10 +10,9 @@ and builds and compiles its models inside ``runtime.scope()``.
 - ``mirrored``: every GPU of this host; on a host without GPUs, every logical CPU device (one unless the
   process split its CPU, as the tests do to try distribution without GPUs).
 - ``multi_worker``: :class:`tf.distribute.MultiWorkerMirroredStrategy` over the hosts that ``TF_CONFIG``
-  names, for extract-features: every host runs the stage, each extracts its share of the images, and only
-  the chief writes the features. Keras 3's ``model.fit`` does not run under that strategy (keras-team/keras
-  issue 20585), so train-head and fine-tune train on the chief's own devices (as ``auto``) and the other
-  hosts skip them.
+  names. Every host runs the same pipeline (``dvc exp run`` in its own checkout, with its own ``TF_CONFIG``);
+  DVC decides the same stages everywhere, the three model stages compute together, and every host ends with
+  the same outputs. Only the chief logs the execution to MLflow.
 
 Batch sizes in ``params.yaml`` are global: with N replicas each gets ``batch_size / N`` per step.
 
@@ -46,7 +45,7 @@ class Runtime:
     Attributes:
         strategy: the ``tf.distribute.Strategy`` (the default strategy on one device).
         distributed: whether more than one device or host takes part.
-        chief: whether this process writes the stage's outputs (False on the other workers of a cluster).
+        chief: whether this process reports for the cluster (False on the other workers of a cluster).
         policy: the Keras dtype policy in force, ``float32`` or ``mixed_float16``.
     """
 
@@ -122,23 +121,21 @@ def set_precision(setting: bool | str) -> str:
     return policy
 
 
-def runtime(settings: DistributeParams, across_hosts: bool = True) -> Runtime:
-    """Set up the strategy and precision a stage runs under. Call before building any model.
+def is_chief() -> bool:
+    """Whether this process is the one that reports: no ``TF_CONFIG`` cluster, or its chief."""
+    text = os.environ.get("TF_CONFIG", "").strip()
+    if not text:
+        return True
+    try:
+        return _cluster_chief(json.loads(text))
+    except (ValueError, TypeError, AttributeError):
+        return True  # a broken TF_CONFIG is the model stages' error to report, with what is expected
 
-    Args:
-        settings: the ``strategy`` and ``mixed_precision`` params.
-        across_hosts: whether the stage can run across hosts; a stage that trains with ``model.fit`` cannot,
-            and under ``multi_worker`` runs on the chief's devices alone (the other hosts get ``chief`` False).
-    """
-    if settings.strategy == "multi_worker" and not across_hosts:
-        chief = _cluster_chief(_tf_config())
-        strategy, distributed, _ = make_strategy("auto")
-        log.warning("strategy multi_worker: Keras cannot train across hosts; %s",
-                    "training on this host's devices" if chief else "the chief trains, this worker has nothing to do")
-    else:
-        strategy, distributed, chief = make_strategy(settings.strategy)
+
+def runtime(settings: DistributeParams) -> Runtime:
+    """Set up the strategy and precision a stage runs under. Call before building any model."""
+    strategy, distributed, chief = make_strategy(settings.strategy)
     policy = set_precision(settings.mixed_precision)
     setup = Runtime(strategy=strategy, distributed=distributed, chief=chief, policy=policy)
-    log.info("running on %d replica(s) (%s), %s%s", setup.replicas, type(strategy).__name__, policy,
-             "" if chief else "; this worker is not the chief and writes nothing")
+    log.info("running on %d replica(s) (%s), %s", setup.replicas, type(strategy).__name__, policy)
     return setup

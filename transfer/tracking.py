@@ -12,6 +12,7 @@ Tracking never loses results: any failure is a warning, and the stage's files st
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -21,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from transfer.distribute import is_chief
 from transfer.io import read_csv, read_json
 from transfer.layout import (
     DATA_REPORT,
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "transfer"
 STORE_FILE = "mlflow.db"
 ARTIFACTS_FOLDER = "mlartifacts"
+BATCH_METRICS = 1000  # the most metrics one MLflow log_batch call takes
 LOCK_RETRIES = 5  # SQLite allows one writer: queued experiments running side by side take turns.
 
 
@@ -126,17 +129,27 @@ def _log(mlflow, run_name: str, record: dict[str, Any]) -> str:
         # which for a queued experiment is a temporary copy that DVC deletes afterwards.
         local = mlflow.get_tracking_uri().startswith(("sqlite:", "file:")) or "://" not in mlflow.get_tracking_uri()
         location = (repository_root().resolve() / ARTIFACTS_FOLDER).as_uri() if local else None
-        mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+        try:
+            mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+        except Exception:
+            # Two queued experiments logging their first run at once: the other one created it first.
+            if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+                raise
     mlflow.set_experiment(EXPERIMENT)
     with mlflow.start_run(run_name=run_name, tags=record["tags"]) as run:
         mlflow.log_params({key: str(value)[:500] for key, value in record["params"].items()})
         metrics = {key: float(value) for key, value in record["metrics"].items() if isinstance(value, (int, float))}
         mlflow.log_metrics(metrics)
-        for prefix, rows in record["histories"].items():
-            for row in rows:
-                step_metrics = {f"{prefix}_epoch_{key}": float(value) for key, value in row.items()
-                                if key != "epoch" and value not in (None, "")}
-                mlflow.log_metrics(step_metrics, step=int(row["epoch"]))
+        # Every epoch of every history in a few batched writes, not one store transaction per epoch.
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        steps = [Metric(f"{prefix}_epoch_{key}", float(value), now, int(row["epoch"]))
+                 for prefix, rows in record["histories"].items() for row in rows
+                 for key, value in row.items() if key != "epoch" and value not in (None, "")]
+        client = mlflow.MlflowClient()
+        for start in range(0, len(steps), BATCH_METRICS):
+            client.log_batch(run.info.run_id, metrics=steps[start : start + BATCH_METRICS])
         for path in record["artifacts"]:
             if Path(path).is_file():
                 mlflow.log_artifact(str(path), artifact_path=Path(path).parent.as_posix())
@@ -158,6 +171,32 @@ def _log(mlflow, run_name: str, record: dict[str, Any]) -> str:
         return run.info.run_id
 
 
+@contextlib.contextmanager
+def _one_writer(uri: str):
+    """For a local SQLite store, hold its lock file (``mlflow.db.lock``) while logging; else nothing.
+
+    Experiments run side by side (``dvc queue start -j N``) finish at once. SQLite lets one of them write at a
+    time, and MLflow's first connection to a new file creates its tables in a migration that breaks the store
+    for good when two processes run it together. Holding a lock for the few seconds a run takes to log
+    avoids both; an MLflow server needs none, since it is the only writer of its store.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; the retries on a locked store are what is left
+        fcntl = None
+    if fcntl is None or not uri.startswith("sqlite:///"):
+        yield
+        return
+
+    lock_path = Path(uri.removeprefix("sqlite:///") + ".lock")
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def log_execution(record: dict[str, Any]) -> str | None:
     """Log one pipeline execution as one MLflow run, named after its DVC experiment; never raises.
 
@@ -168,6 +207,9 @@ def log_execution(record: dict[str, Any]) -> str | None:
     Returns:
         The run id, or None when tracking failed (a warning says why).
     """
+    if not is_chief():
+        log.info("mlflow: this host is not the chief of its TF_CONFIG cluster; the chief logs this execution")
+        return None
     # Fail fast on an unreachable server instead of retrying for minutes.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -176,15 +218,16 @@ def log_execution(record: dict[str, Any]) -> str | None:
         import mlflow
 
         mlflow.set_tracking_uri(uri)
-        for attempt in range(1, LOCK_RETRIES + 1):
-            try:
-                run_id = _log(mlflow, record["tags"].get("dvc_exp_name", "workspace"), record)
-                log.info("mlflow: logged run %s to %s", run_id, uri)
-                return run_id
-            except Exception as error:  # noqa: BLE001 - only a locked SQLite store is worth another try
-                if "locked" not in str(error).lower() or attempt == LOCK_RETRIES:
-                    raise
-                time.sleep(attempt)
+        with _one_writer(uri):
+            for attempt in range(1, LOCK_RETRIES + 1):
+                try:
+                    run_id = _log(mlflow, record["tags"].get("dvc_exp_name", "workspace"), record)
+                    log.info("mlflow: logged run %s to %s", run_id, uri)
+                    return run_id
+                except Exception as error:  # noqa: BLE001 - only a locked SQLite store is worth another try
+                    if "locked" not in str(error).lower() or attempt == LOCK_RETRIES:
+                        raise
+                    time.sleep(attempt)
     except Exception as error:  # noqa: BLE001 - tracking must never fail the stage
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         log.warning("WARNING: MLflow tracking to %s failed (%s); the stage's output files are the record", uri,

@@ -61,8 +61,33 @@ def augmenter(augment: AugmentParams, seed: int):
     return keras.Sequential(layers, name="augment") if layers else None
 
 
+def array_dataset(arrays: tuple[np.ndarray, np.ndarray], batch_size: int, shuffle_seed: int | None = None):
+    """In-memory (inputs, one-hot) arrays as a batched, prefetched ``tf.data`` pipeline.
+
+    Keras' own handling of NumPy arrays rebuilds its input pipeline every epoch; on cached features that
+    costs three times the training itself (0.040 s against 0.013 s an epoch for 350 flowers).
+
+    Args:
+        arrays: (inputs, one-hot targets).
+        batch_size: rows per step.
+        shuffle_seed: reshuffle every epoch with this seed; None keeps the order (for validation).
+    """
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices(arrays)
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(arrays[0]), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
 def fit(
-    model, train, validation, params: TrainingParams, class_weight: dict[int, float] | None
+    model,
+    train,
+    validation,
+    params: TrainingParams,
+    class_weight: dict[int, float] | None,
+    shuffle_seed: int = 0,
+    strategy=None,
 ) -> list[dict[str, Any]]:
     """Train with early stopping on validation loss that restores the best epoch's weights.
 
@@ -72,24 +97,28 @@ def fit(
         validation: the same for validation, or None to monitor the training loss.
         params: epochs, batch size (for arrays) and patience.
         class_weight: per-class loss weights, or None.
+        shuffle_seed: the seed arrays are reshuffled with every epoch (a dataset shuffles itself).
+        strategy: the ``tf.distribute`` strategy the model was built under, if any. Keras' ``fit`` cannot run
+            under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585); across hosts, :func:`fit_across_hosts`
+            trains instead, to the same rules.
 
     Returns:
         One row per epoch run, with the columns of :data:`HISTORY_COLUMNS` (epoch counts from 1).
     """
     import keras
+    import tensorflow as tf
 
+    if isinstance(train, tuple):
+        train = array_dataset(train, params.batch_size, shuffle_seed)
+    if isinstance(validation, tuple):
+        validation = array_dataset(validation, params.batch_size)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return fit_across_hosts(model, train, validation, params, class_weight, strategy)
     monitor = "val_loss" if validation is not None else "loss"
     stop = keras.callbacks.EarlyStopping(monitor=monitor, patience=params.patience, restore_best_weights=True)
-    arrays = isinstance(train, tuple)
     history = model.fit(
-        train[0] if arrays else train,
-        train[1] if arrays else None,
-        batch_size=params.batch_size if arrays else None,
-        epochs=params.epochs,
-        validation_data=validation,
-        class_weight=class_weight,
-        callbacks=[stop],
-        shuffle=arrays,  # a dataset shuffles itself
+        train, epochs=params.epochs, validation_data=validation, class_weight=class_weight, callbacks=[stop],
+        shuffle=False,  # the dataset shuffles itself
         verbose=2,
     ).history
     rows = []
@@ -97,6 +126,118 @@ def fit(
         row = {column: history[column][epoch] if column in history else None for column in HISTORY_COLUMNS}
         rows.append({**row, "epoch": epoch + 1})
     return rows
+
+
+class _AcrossHosts:
+    """Training and scoring steps for a model built under ``MultiWorkerMirroredStrategy``, where Keras' own
+    ``fit`` and ``evaluate`` cannot run (keras-team/keras#20585).
+
+    The same rules as Keras: the compiled optimizer and label smoothing, class weights on the training loss
+    only, and the loss and accuracy of an epoch averaged over its examples.
+    """
+
+    def __init__(self, model, strategy, class_weight: dict[int, float] | None = None):
+        import tensorflow as tf
+
+        self.model, self.strategy = model, strategy
+        self.smoothing = float(getattr(model.loss, "label_smoothing", 0.0))
+        self.table = None
+        if class_weight:
+            classes = int(model.output_shape[-1])
+            self.table = tf.constant([class_weight.get(i, 1.0) for i in range(classes)], tf.float32)
+        if not model.optimizer.built:
+            # Its slots made here, once, as mirrored variables: not lazily inside a replica's first step.
+            with strategy.scope():
+                model.optimizer.build(model.trainable_variables)
+        self.train_step = self._step(self._train_replica)
+        self.score_step = self._step(self._score_replica)
+
+    def _sums(self, targets, probabilities, weighted: bool):
+        import keras
+        import tensorflow as tf
+
+        losses = keras.losses.categorical_crossentropy(targets, probabilities, label_smoothing=self.smoothing)
+        if weighted and self.table is not None:
+            losses = losses * tf.gather(self.table, tf.argmax(targets, axis=1))
+        hits = tf.cast(tf.argmax(probabilities, axis=1) == tf.argmax(targets, axis=1), tf.float32)
+        return tf.reduce_sum(losses), tf.reduce_sum(hits), tf.cast(tf.shape(targets)[0], tf.float32)
+
+    def _train_replica(self, inputs, targets):
+        import tensorflow as tf
+
+        # The mean over the global batch, however unevenly the last batch is split over the replicas.
+        count = tf.distribute.get_replica_context().all_reduce("SUM", tf.cast(tf.shape(targets)[0], tf.float32))
+        with tf.GradientTape() as tape:
+            probabilities = self.model(inputs, training=True)
+            loss_sum, hits, seen = self._sums(targets, probabilities, weighted=True)
+            loss = loss_sum / tf.maximum(count, 1.0)
+        gradients = tape.gradient(loss, self.model.trainable_variables)
+        self.model.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables, strict=True))
+        return loss_sum, hits, seen
+
+    def _score_replica(self, inputs, targets):
+        return self._sums(targets, self.model(inputs, training=False), weighted=False)
+
+    def _step(self, replica_fn):
+        import tensorflow as tf
+
+        @tf.function
+        def run(batch):
+            sums = self.strategy.run(replica_fn, args=batch)
+            return [self.strategy.reduce("SUM", value, axis=None) for value in sums]
+
+        return run
+
+    def epoch(self, step, dataset) -> tuple[float, float]:
+        """(mean loss, accuracy) of one pass of ``step`` over ``dataset``."""
+        totals = np.zeros(3)
+        for batch in self.strategy.experimental_distribute_dataset(dataset):
+            totals += [float(value) for value in step(batch)]
+        return totals[0] / max(totals[2], 1.0), totals[1] / max(totals[2], 1.0)
+
+
+def fit_across_hosts(
+    model, train, validation, params: TrainingParams, class_weight: dict[int, float] | None, strategy
+) -> list[dict[str, Any]]:
+    """:func:`fit` for a model built under ``MultiWorkerMirroredStrategy``: a training loop of its own.
+
+    Early stopping as :func:`fit`'s callback: on ``val_loss`` (or ``loss``) with ``patience``, and the best
+    epoch's weights restored at the end. Every worker takes part in every step and ends with the same weights.
+    """
+    loop = _AcrossHosts(model, strategy, class_weight)
+    rows: list[dict[str, Any]] = []
+    best, best_weights, wait = np.inf, None, 0
+    for number in range(1, params.epochs + 1):
+        loss, accuracy = loop.epoch(loop.train_step, train)
+        row = {"epoch": number, "loss": loss, "accuracy": accuracy, "val_loss": None, "val_accuracy": None}
+        if validation is not None:
+            row["val_loss"], row["val_accuracy"] = loop.epoch(loop.score_step, validation)
+        rows.append(row)
+        log.info("epoch %d/%d: %s", number, params.epochs,
+                 ", ".join(f"{key} {value:.4f}" for key, value in row.items() if key != "epoch" and value is not None))
+        monitored = row["val_loss" if validation is not None else "loss"]
+        wait += 1
+        if monitored < best:
+            best, best_weights, wait = monitored, model.get_weights(), 0
+        elif wait >= params.patience:
+            break
+    if best_weights is not None:
+        model.set_weights(best_weights)
+    return rows
+
+
+def score(model, data, batch_size: int, strategy=None) -> dict[str, float]:
+    """The loss and accuracy of a compiled model on a ``tf.data`` dataset or (inputs, one-hot) arrays."""
+    import tensorflow as tf
+
+    if isinstance(data, tuple):
+        data = array_dataset(data, batch_size)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        loop = _AcrossHosts(model, strategy)
+        loss, accuracy = loop.epoch(loop.score_step, data)
+        return {"loss": loss, "accuracy": accuracy}
+    scored = model.evaluate(data, verbose=0, return_dict=True)
+    return {"loss": float(scored["loss"]), "accuracy": float(scored["accuracy"])}
 
 
 def write_history(path: Path, rows: list[dict[str, Any]]) -> None:

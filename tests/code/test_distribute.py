@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from transfer.distribute import _cluster_chief, runtime
+from transfer.distribute import _cluster_chief, is_chief, runtime
 from transfer.errors import ParamError
 from transfer.models import float32_config
 from transfer.params import DistributeParams, Params, read_distribute
@@ -50,8 +50,15 @@ def test_one_device_by_default(monkeypatch):
         ({"cluster": {"chief": ["a:1"], "worker": ["b:1"]}, "task": {"type": "chief", "index": 0}}, True),
     ],
 )
-def test_only_the_chief_writes(config, chief):
+def test_only_the_chief_reports(monkeypatch, config, chief):
     assert _cluster_chief(config) is chief
+    monkeypatch.setenv("TF_CONFIG", json.dumps(config))
+    assert is_chief() is chief
+
+
+def test_without_a_cluster_this_process_reports(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert is_chief()
 
 
 @pytest.mark.parametrize(
@@ -101,6 +108,12 @@ def test_mirrored_on_two_logical_cpu_devices_matches_one_device():
     assert one[-1] < one[0] / 3 and result["head_accuracy"] > 0.9
     assert result["head_variables_mirrored"]
     assert result["head_probability_difference"] < 0.1
+    # The loop that trains across hosts follows Keras' fit: the same history, epoch by epoch.
+    keras_rows, loop_rows = result["custom_loop_rows"]
+    assert [row["epoch"] for row in loop_rows] == [row["epoch"] for row in keras_rows]
+    for keras_row, loop_row in zip(keras_rows, loop_rows, strict=True):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert loop_row[key] == pytest.approx(keras_row[key], rel=0.01, abs=0.02), (key, keras_row, loop_row)
     assert result["fine_tune_unfrozen"] > 0 and all(np.isfinite(result["fine_tune_losses"]))
     assert result["loaded_classes"] == ["circle", "square", "triangle"]
     assert result["loaded_probability_sums"] == [1.0] * 5
@@ -121,8 +134,8 @@ def _free_ports(count: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_multi_worker_extraction_across_two_processes(shapes_folder, tmp_path):
-    """Two workers of one TF_CONFIG cluster share the extraction; the chief writes every row in file order."""
+def test_multi_worker_across_two_processes(shapes_folder, tmp_path):
+    """Two workers of one TF_CONFIG cluster share an extraction and a head's training, and end up alike."""
     from transfer.backbones import build_feature_extractor, resolve
     from transfer.features import FeatureStore, extract_features
     from transfer.params import BackboneParams
@@ -132,7 +145,7 @@ def test_multi_worker_extraction_across_two_processes(shapes_folder, tmp_path):
     for index in range(2):
         config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         processes.append(subprocess.Popen(
-            [sys.executable, str(HERE / "one_worker.py"), str(shapes_folder), str(tmp_path / f"features{index}")],
+            [sys.executable, str(HERE / "one_worker.py"), str(shapes_folder), str(tmp_path / f"worker{index}")],
             env={**os.environ, "TF_CONFIG": json.dumps(config)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True,
         ))
@@ -141,14 +154,24 @@ def test_multi_worker_extraction_across_two_processes(shapes_folder, tmp_path):
         stdout, stderr = process.communicate(timeout=300)
         results.append(_result(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)))
     assert [(r["index"], r["chief"], r["replicas"]) for r in results] == [(0, True, 2), (1, False, 2)]
-    assert not (tmp_path / "features1").exists(), "a worker that is not the chief writes nothing"
 
+    # Extraction: each worker extracted its share and wrote every row, in file order, as one device would.
     paths = sorted(str(path) for path in shapes_folder.rglob("*.*"))
     extractor = build_feature_extractor(resolve(BackboneParams("mobilenetv2_0.35", "none", (32, 32))))
     extract_features(extractor, (32, 32), {"train": (paths, np.arange(len(paths)))}, tmp_path / "one", 8,
                      "float32", {})
-    together, labels = FeatureStore(tmp_path / "features0").load("train")
     alone, _ = FeatureStore(tmp_path / "one").load("train")
-    assert together.shape == alone.shape == (len(paths), 1280)
-    np.testing.assert_array_equal(labels, np.arange(len(paths)))
-    np.testing.assert_allclose(together, alone, atol=1e-5)
+    for worker in ("worker0", "worker1"):
+        together, labels = FeatureStore(tmp_path / worker / "features").load("train")
+        assert together.shape == alone.shape == (len(paths), 1280)
+        np.testing.assert_array_equal(labels, np.arange(len(paths)))
+        np.testing.assert_allclose(together, alone, atol=1e-5)
+
+    # The head: the same history and the same weights on both workers; it learnt, with validation scores.
+    assert results[0]["rows"] == results[1]["rows"]
+    rows = results[0]["rows"]
+    assert rows[-1]["loss"] < rows[0]["loss"] and rows[-1]["val_accuracy"] > 0.8
+    assert [row["epoch"] for row in rows] == list(range(1, len(rows) + 1))
+    first, second = (np.load(tmp_path / worker / "head.npz") for worker in ("worker0", "worker1"))
+    for key in first.files:
+        np.testing.assert_array_equal(first[key], second[key])

@@ -75,3 +75,40 @@ def test_an_unreachable_server_is_a_warning_not_a_failure(store, monkeypatch, ca
     assert time.perf_counter() - start < 60
     assert "MLflow tracking to http://127.0.0.1:9 failed" in caplog.text
     assert "output files are the record" in caplog.text
+
+
+CONCURRENT_LOGGER = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import mlflow  # imported before the start line, so that all of them reach the store together
+from transfer import tracking
+start = float(sys.argv[3])
+while time.time() < start:
+    time.sleep(0.005)
+record = {"params": {"head.lr": sys.argv[2]}, "metrics": {"accuracy": 0.5},
+          "histories": {"head": [{"epoch": 1.0, "loss": 0.9}]}, "tags": {"dvc_exp_name": "exp-" + sys.argv[2]},
+          "artifacts": [], "model": None}
+print("RUN", tracking.log_execution(record))
+"""
+
+
+def test_experiments_logging_at_once_into_a_fresh_store_all_land(store):
+    """What `dvc queue start -j 4` does on its first executions: four processes create and write one store."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import mlflow
+
+    root = str(Path(tracking.__file__).resolve().parents[1])
+    start = time.time() + 8
+    processes = [subprocess.Popen([sys.executable, "-c", CONCURRENT_LOGGER, root, str(index), str(start)],
+                                  cwd=store, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for index in range(4)]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    run_ids = [line.split()[1] for stdout, _ in outputs for line in stdout.splitlines() if line.startswith("RUN ")]
+    assert len(run_ids) == 4 and "None" not in run_ids, outputs
+    client = mlflow.MlflowClient(tracking.tracking_uri())
+    runs = client.search_runs([client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id])
+    assert sorted(run.data.params["head.lr"] for run in runs if run.info.status == "FINISHED") == ["0", "1", "2", "3"]

@@ -3,8 +3,9 @@
 import json
 
 import pytest
+import yaml
 
-from tests.helpers import make_pipeline_repo, make_shapes_dataset, run, stages_run
+from tests.helpers import make_pipeline_repo, make_shapes_dataset, pipeline_env, run, stages_run
 
 pytestmark = pytest.mark.slow
 
@@ -145,24 +146,45 @@ def test_a_run_restored_from_the_run_cache_is_still_logged(repo, first_run):
     assert "head_epoch_loss" in newest.data.metrics and "train_head_seconds" in newest.data.metrics
 
 
-def test_a_queued_experiment_lands_in_the_workspace_store(repo, first_run):
-    _back_to_baseline(repo)
+def test_two_queued_experiments_run_at_once(repo, first_run):
+    """``dvc queue start -j 2``: both experiments run side by side and succeed, both runs land complete in the
+    workspace's store, and each experiment's outputs come back whole from the DVC cache."""
+    import subprocess
     import time
 
+    _back_to_baseline(repo)
     _, before = _runs(repo)
-    run(["dvc", "exp", "run", "--queue", "-S", "head.lr=0.01"], repo)
-    run(["dvc", "queue", "start"], repo)
-    deadline = time.time() + 600
+    for lr in ("0.02", "0.03"):
+        run(["dvc", "exp", "run", "--queue", "-S", f"head.lr={lr}"], repo)
+    # Not captured: the queue's detached workers inherit the pipes, and reading them would wait for the workers.
+    subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=repo, env=pipeline_env(), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, most_running = time.time() + 900, 0
     while time.time() < deadline:
         status = run(["dvc", "queue", "status"], repo).stdout
+        most_running = max(most_running, status.count("Running"))
         if "Queued" not in status and "Running" not in status:
             break
-        time.sleep(5)
-    assert "Success" in status, status
+        time.sleep(1)
+    assert status.count("Success") >= 2 and "Failed" not in status, status
+    assert most_running == 2, f"the two experiments never ran at once:\n{status}"
+
     _, after = _runs(repo)
-    assert len(after) == len(before) + 1
-    assert after[-1].data.params["head.lr"] == "0.01"
-    assert not list(repo.glob(".dvc/tmp/exps/**/mlflow.db")), "no store inside the temporary copy"
+    runs = after[len(before):]
+    assert sorted(r.data.params["head.lr"] for r in runs) == ["0.02", "0.03"]
+    assert all(r.info.status == "FINISHED" and "accuracy" in r.data.metrics for r in runs)
+    assert not list(repo.glob(".dvc/tmp/exps/**/mlflow.db")), "no store inside the temporary copies"
+    checked = set()
+    for name in run(["dvc", "exp", "list", "--name-only"], repo).stdout.split():
+        run(["dvc", "exp", "apply", name], repo)
+        lr = str(yaml.safe_load((repo / "params.yaml").read_text())["head"]["lr"])
+        if lr in ("0.02", "0.03"):
+            assert "up to date" in run(["dvc", "status"], repo).stdout, f"{name}: outputs differ from its lock file"
+            logged = next(r for r in runs if r.data.params["head.lr"] == lr).data.metrics["accuracy"]
+            assert json.loads((repo / "reports/metrics.json").read_text())["accuracy"] == logged
+            checked.add(lr)
+        _back_to_baseline(repo)
+    assert checked == {"0.02", "0.03"}
 
 
 def test_mlflow_server_serves_the_runs_over_rest(repo, first_run):
