@@ -182,3 +182,16 @@ def tiny_classifier(num_classes: int = 3, size: int = 32, seed: int = 0):
     x = keras.layers.Resizing(size, size, name="resize")(image)
     x = keras.layers.Rescaling(1 / 127.5, offset=-1)(x)
     return keras.Model(image, head(backbone(x, training=False)), name="classifier")
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports on localhost that nothing listens on now (for a local TF_CONFIG cluster)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for each in sockets:
+        each.bind(("localhost", 0))
+    ports = [each.getsockname()[1] for each in sockets]
+    for each in sockets:
+        each.close()
+    return ports

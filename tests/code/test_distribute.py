@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import free_ports
 from transfer.distribute import _cluster_chief, is_chief, runtime
 from transfer.errors import ParamError
 from transfer.models import float32_config
@@ -123,16 +123,6 @@ def test_mirrored_on_two_logical_cpu_devices_matches_one_device():
     assert mixed["loaded_policies"] == ["float32"], "the deployable model is saved as float32"
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for each in sockets:
-        each.bind(("localhost", 0))
-    ports = [each.getsockname()[1] for each in sockets]
-    for each in sockets:
-        each.close()
-    return ports
-
-
 @pytest.mark.slow
 def test_multi_worker_across_two_processes(shapes_folder, tmp_path):
     """Two workers of one TF_CONFIG cluster share an extraction and a head's training, and end up alike."""
@@ -140,7 +130,7 @@ def test_multi_worker_across_two_processes(shapes_folder, tmp_path):
     from transfer.features import FeatureStore, extract_features
     from transfer.params import BackboneParams
 
-    workers = [f"localhost:{port}" for port in _free_ports(2)]
+    workers = [f"localhost:{port}" for port in free_ports(2)]
     processes = []
     for index in range(2):
         config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}

@@ -7,8 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from tests.code.test_distribute import _free_ports
-from tests.helpers import make_pipeline_repo, make_shapes_dataset, pipeline_env, stages_run
+from tests.helpers import free_ports, make_pipeline_repo, make_shapes_dataset, pipeline_env, stages_run
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +20,7 @@ def test_two_hosts_run_one_pipeline_together(tmp_path):
         "fine_tune.epochs": 1, "fine_tune.unfreeze": 3, "fine_tune.batch_size": 8,
     }
     repos = [make_pipeline_repo(tmp_path / f"host{index}", overrides) for index in range(2)]
-    workers = [f"localhost:{port}" for port in _free_ports(2)]
+    workers = [f"localhost:{port}" for port in free_ports(2)]
     processes = []
     for index, repo in enumerate(repos):
         config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
