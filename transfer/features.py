@@ -57,12 +57,22 @@ def compiled_forward(extractor, image_size: tuple[int, int]):
 
 
 def _local_batches(forward, paths: list[str], image_size: tuple[int, int], batch_size: int):
-    """(positions, features) per batch of ``forward`` (see :func:`compiled_forward`) on one device, in file order."""
+    """(positions, features) per batch of ``forward`` (see :func:`compiled_forward`) on one device, in file order.
+
+    A split's last, smaller batch is padded to the full size and the padding's rows dropped: every call then
+    has one shape, and the CPU kernels (oneDNN) prepared for it on the first call serve all of them. A new
+    shape costs a new preparation, longer than the padding's few images on costlier backbones.
+    """
+    import tensorflow as tf
+
     position = 0
     for batch in image_dataset(paths, image_size, batch_size):
-        features = forward(batch).numpy()
-        yield np.arange(position, position + len(features)), features
-        position += len(features)
+        count = int(batch.shape[0])
+        if count < batch_size:
+            batch = tf.concat([batch, tf.zeros([batch_size - count, *batch.shape[1:]], batch.dtype)], axis=0)
+        features = forward(batch).numpy()[:count]
+        yield np.arange(position, position + count), features
+        position += count
 
 
 def distributed_forward(extractor, strategy):
@@ -143,7 +153,8 @@ def extract_features(
             each computes its share and every host writes all of the features.
 
     Returns:
-        {"images": count, "seconds": wall time, "trace_seconds": the part of it spent tracing the forward pass,
+        {"images": count, "seconds": wall time, "trace_seconds": the part of it spent tracing the forward pass
+        and preparing its kernels,
         "images_per_second": throughput of the streaming (decode, resize, preprocess, forward, write)}.
     """
     from tqdm import tqdm
@@ -155,9 +166,10 @@ def extract_features(
     if distributed:
         step = distributed_forward(extractor, runtime.strategy)
     else:
-        # Traced once up front, so the throughput below is the per-image work alone (the trace is reported).
+        # Traced and its kernels prepared once up front, on the one batch shape it will see, so that the
+        # throughput below is the per-image work alone (the set-up is reported apart).
         forward = compiled_forward(extractor, image_size)
-        forward(np.zeros((1, *image_size, 3), dtype=np.float32))
+        forward(np.zeros((batch_size, *image_size, 3), dtype=np.float32))
     streaming = time.perf_counter()
     with atomic_path(target) as staging, tqdm(total=total, unit="img", desc="extract-features") as progress:
         staging.mkdir()

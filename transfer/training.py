@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from transfer.datasets import steady
 from transfer.io import write_csv
 from transfer.params import AugmentParams, TrainingParams
 
@@ -77,7 +78,7 @@ def array_dataset(arrays: tuple[np.ndarray, np.ndarray], batch_size: int, shuffl
     dataset = tf.data.Dataset.from_tensor_slices(arrays)
     if shuffle_seed is not None:
         dataset = dataset.shuffle(len(arrays[0]), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return steady(dataset.batch(batch_size))
 
 
 def fit(
