@@ -137,5 +137,6 @@ def runtime(settings: DistributeParams) -> Runtime:
     strategy, distributed, chief = make_strategy(settings.strategy)
     policy = set_precision(settings.mixed_precision)
     setup = Runtime(strategy=strategy, distributed=distributed, chief=chief, policy=policy)
-    log.info("running on %d replica(s) (%s), %s", setup.replicas, type(strategy).__name__, policy)
+    log.info("strategy %s: running on %d replica(s) (%s), %s", settings.strategy, setup.replicas,
+             type(strategy).__name__, policy)
     return setup

@@ -48,4 +48,4 @@ def test_two_hosts_run_one_pipeline_together(tmp_path):
     assert json.loads((first / "reports/tracking.json").read_text())["run_id"]
     assert json.loads((second / "reports/tracking.json").read_text())["run_id"] is None
     assert (first / "mlflow.db").exists() and not (second / "mlflow.db").exists()
-    assert "running on 2 replica(s) (MultiWorkerMirroredStrategy)" in outputs[0][1]
+    assert "strategy multi_worker: running on 2 replica(s)" in outputs[0][1]
