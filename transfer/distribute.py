@@ -45,7 +45,7 @@ class Runtime:
     Attributes:
         strategy: the ``tf.distribute.Strategy`` (the default strategy on one device).
         distributed: whether more than one device or host takes part.
-        chief: whether this process reports for the cluster (False on the other workers of a cluster).
+        chief: :func:`is_chief`, whether this process reports for its cluster.
         policy: the Keras dtype policy in force, ``float32`` or ``mixed_float16``.
     """
 
@@ -88,26 +88,26 @@ def _tf_config() -> dict:
     return config
 
 
-def make_strategy(name: str) -> tuple[Any, bool, bool]:
+def make_strategy(name: str) -> tuple[Any, bool]:
     """The ``tf.distribute`` strategy for a ``strategy`` param value.
 
     Returns:
-        (strategy, distributed, chief).
+        (strategy, distributed).
     """
     import tensorflow as tf
 
     if name == "multi_worker":
-        chief = _cluster_chief(_tf_config())
-        return tf.distribute.MultiWorkerMirroredStrategy(), True, chief
+        _tf_config()  # refused here, with what is expected, rather than deep inside TensorFlow
+        return tf.distribute.MultiWorkerMirroredStrategy(), True
     gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
     if name == "mirrored":
         devices = gpus or [device.name for device in tf.config.list_logical_devices("CPU")]
         if len(devices) == 1:
             log.warning("strategy mirrored: this host has one device (%s); running on it alone", devices[0])
-        return tf.distribute.MirroredStrategy(devices), len(devices) > 1, True
+        return tf.distribute.MirroredStrategy(devices), len(devices) > 1
     if name == "auto" and len(gpus) > 1:
-        return tf.distribute.MirroredStrategy(gpus), True, True
-    return tf.distribute.get_strategy(), False, True
+        return tf.distribute.MirroredStrategy(gpus), True
+    return tf.distribute.get_strategy(), False
 
 
 def set_precision(setting: bool | str) -> str:
@@ -134,9 +134,9 @@ def is_chief() -> bool:
 
 def runtime(settings: DistributeParams) -> Runtime:
     """Set up the strategy and precision a stage runs under. Call before building any model."""
-    strategy, distributed, chief = make_strategy(settings.strategy)
+    strategy, distributed = make_strategy(settings.strategy)
     policy = set_precision(settings.mixed_precision)
-    setup = Runtime(strategy=strategy, distributed=distributed, chief=chief, policy=policy)
+    setup = Runtime(strategy=strategy, distributed=distributed, chief=is_chief(), policy=policy)
     log.info("strategy %s: running on %d replica(s) (%s), %s", settings.strategy, setup.replicas,
              type(strategy).__name__, policy)
     return setup

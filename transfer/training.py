@@ -146,10 +146,6 @@ class _AcrossHosts:
         if class_weight:
             classes = int(model.output_shape[-1])
             self.table = tf.constant([class_weight.get(i, 1.0) for i in range(classes)], tf.float32)
-        if not model.optimizer.built:
-            # Its slots made here, once, as mirrored variables: not lazily inside a replica's first step.
-            with strategy.scope():
-                model.optimizer.build(model.trainable_variables)
         self.train_step = self._step(self._train_replica)
         self.score_step = self._step(self._score_replica)
 
@@ -205,6 +201,10 @@ def fit_across_hosts(
     Early stopping as :func:`fit`'s callback: on ``val_loss`` (or ``loss``) with ``patience``, and the best
     epoch's weights restored at the end. Every worker takes part in every step and ends with the same weights.
     """
+    if not model.optimizer.built:
+        # Its slots made here, once, as mirrored variables: not lazily inside a replica's first step.
+        with strategy.scope():
+            model.optimizer.build(model.trainable_variables)
     loop = _AcrossHosts(model, strategy, class_weight)
     rows: list[dict[str, Any]] = []
     best, best_weights, wait = np.inf, None, 0
