@@ -184,14 +184,19 @@ def tiny_classifier(num_classes: int = 3, size: int = 32, seed: int = 0):
     return keras.Model(image, head(backbone(x, training=False)), name="classifier")
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports on localhost that nothing listens on now (for a local TF_CONFIG cluster)."""
+def local_cluster(count: int) -> list[str]:
+    """``TF_CONFIG`` values for a cluster of ``count`` workers on this host, worker 0 first.
+
+    Each worker gets a localhost port that nothing listens on now.
+    """
+    import json
     import socket
 
     sockets = [socket.socket() for _ in range(count)]
     for each in sockets:
         each.bind(("localhost", 0))
-    ports = [each.getsockname()[1] for each in sockets]
+    workers = [f"localhost:{each.getsockname()[1]}" for each in sockets]
     for each in sockets:
         each.close()
-    return ports
+    return [json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+            for index in range(count)]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import free_ports
+from tests.helpers import local_cluster
 from transfer.distribute import _cluster_chief, is_chief, runtime
 from transfer.errors import ParamError
 from transfer.models import float32_config
@@ -130,15 +130,13 @@ def test_multi_worker_across_two_processes(shapes_folder, tmp_path):
     from transfer.features import FeatureStore, extract_features
     from transfer.params import BackboneParams
 
-    workers = [f"localhost:{port}" for port in free_ports(2)]
-    processes = []
-    for index in range(2):
-        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        processes.append(subprocess.Popen(
+    processes = [
+        subprocess.Popen(
             [sys.executable, str(HERE / "one_worker.py"), str(shapes_folder), str(tmp_path / f"worker{index}")],
-            env={**os.environ, "TF_CONFIG": json.dumps(config)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True,
-        ))
+            env={**os.environ, "TF_CONFIG": config}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for index, config in enumerate(local_cluster(2))
+    ]
     results = []
     for process in processes:
         stdout, stderr = process.communicate(timeout=300)

@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from tests.helpers import free_ports, make_pipeline_repo, make_shapes_dataset, pipeline_env, stages_run
+from tests.helpers import local_cluster, make_pipeline_repo, make_shapes_dataset, pipeline_env, stages_run
 
 pytestmark = pytest.mark.slow
 
@@ -20,12 +20,9 @@ def test_two_hosts_run_one_pipeline_together(tmp_path):
         "fine_tune.epochs": 1, "fine_tune.unfreeze": 3, "fine_tune.batch_size": 8,
     }
     repos = [make_pipeline_repo(tmp_path / f"host{index}", overrides) for index in range(2)]
-    workers = [f"localhost:{port}" for port in free_ports(2)]
-    processes = []
-    for index, repo in enumerate(repos):
-        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        processes.append(subprocess.Popen(["dvc", "repro"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True, env=pipeline_env({"TF_CONFIG": json.dumps(config)})))
+    processes = [subprocess.Popen(["dvc", "repro"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=pipeline_env({"TF_CONFIG": config}))
+                 for repo, config in zip(repos, local_cluster(2), strict=True)]
     outputs = [process.communicate(timeout=900) for process in processes]
     for process, (stdout, stderr) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, stdout[-3000:] + stderr[-5000:]
