@@ -5,15 +5,15 @@ import os
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.helpers import REPO, make_shapes_dataset
+from transfer.params import read_params_file
 
 
 @pytest.fixture(scope="session")
 def default_params() -> dict:
-    """The repository's own params.yaml, parsed."""
-    return yaml.safe_load((REPO / "params.yaml").read_text())
+    """The repository's own params.yaml, parsed as the stages and DVC parse it."""
+    return read_params_file(REPO / "params.yaml")
 
 
 @pytest.fixture

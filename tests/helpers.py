@@ -62,6 +62,8 @@ def make_pipeline_repo(root: Path, overrides: dict) -> Path:
 
     import yaml
 
+    from transfer.params import read_params_file
+
     root.mkdir(parents=True)
     for name in PIPELINE_FILES:
         source = REPO / name
@@ -69,7 +71,7 @@ def make_pipeline_repo(root: Path, overrides: dict) -> Path:
             shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, root / name)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = read_params_file(REPO / "params.yaml")
     for key, value in overrides.items():
         set_param(params, key, value)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

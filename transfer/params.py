@@ -3,6 +3,12 @@
 Each stage builds a :class:`Params` once and passes it to the ``read_*`` functions below, which return
 plain frozen dataclasses. :class:`Params` remembers every dotted key it handed out, which is how a test
 proves that each stage reads exactly the params ``dvc.yaml`` declares for it.
+
+The file is parsed as DVC parses it: YAML 1.2, with DVC's own parser (ruamel.yaml). A YAML 1.1 reader
+such as PyYAML disagrees with DVC on values DVC itself writes: ``dvc exp run -S fine_tune.lr=0.00002``
+writes ``2e-05``, a float to DVC and a string to PyYAML; ``yes``/``on`` are text to DVC and booleans to
+PyYAML; ``010`` is 10 to DVC and 8 to PyYAML. With one reader, ``dvc params diff``, ``dvc exp show``, MLflow
+and the stages all see the same values.
 """
 
 from __future__ import annotations
@@ -14,16 +20,57 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from transfer.errors import ParamError
 
 PARAMS_FILE = "params.yaml"
 CLASS_WEIGHTS = ("balanced", "none")
 FEATURE_DTYPES = ("float16", "float32")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "cosine")
+UNFREEZE_ALL = "all"  # fine_tune.unfreeze: every layer of the backbone but BatchNormalization
 
 _MISSING = object()
+# Words that YAML 1.1 readers take for booleans but YAML 1.2 (DVC's reading) leaves as text.
+_YAML11_BOOLEANS = ("yes", "no", "on", "off", "y", "n")
+
+
+def parse_params_text(text: str, source: str = PARAMS_FILE) -> Any:
+    """Parse params YAML with DVC's parser and YAML version (1.2), so both read the same values.
+
+    Raises:
+        ParamError: the text is not valid YAML.
+    """
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        return YAML(typ="safe").load(text)
+    except YAMLError as error:
+        raise ParamError(f"{source}: not valid YAML: {' '.join(str(error).split())}") from None
+
+
+def read_params_file(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """The parsed params tree of a file (see :func:`parse_params_text`); an empty file is an empty mapping."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParamError(f"{path}: no such params file (run the stages from the repository root)") from None
+    return parse_params_text(text, str(path)) or {}
+
+
+def _as_written_hint(value: Any) -> str:
+    """Why a text value may have been meant as something else, and what to write instead; or ''."""
+    if not isinstance(value, str):
+        return ""
+    if value.strip().lower() in _YAML11_BOOLEANS:
+        return f" (YAML 1.2, which DVC reads, takes {value!r} as text: write true or false)"
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    return f" (it is quoted, so it is text: write {value.strip()} without quotes)"
 
 
 def repository_root() -> Path:
@@ -64,14 +111,7 @@ class Params:
     @classmethod
     def load(cls, path: str | Path = PARAMS_FILE) -> Params:
         """Parse a params file; a missing or malformed file is a :class:`ParamError`."""
-        path = Path(path)
-        try:
-            tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ParamError(f"{path}: no such params file (run the stages from the repository root)") from None
-        except yaml.YAMLError as error:
-            raise ParamError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
-        return cls(tree or {}, source=str(path))
+        return cls(read_params_file(path), source=str(path))
 
     def value(self, key: str) -> Any:
         """The raw leaf value at a dotted key."""
@@ -86,13 +126,16 @@ class Params:
         return node
 
     def fail(self, key: str, value: Any, expected: str) -> ParamError:
-        """The error for a bad value: names the key, the value and what is allowed."""
-        return ParamError(f"{self.source}: {key} = {value!r} is invalid: expected {expected}")
+        """The error for a bad value: names the key, the value as written, what is allowed and what to write."""
+        return ParamError(f"{self.source}: {key} = {value!r} is invalid: expected {expected}{_as_written_hint(value)}")
 
     def int(self, key: str, minimum: int | None = None) -> int:
+        """An integer; a whole number in float form (``2e10``, as ``-S`` may write it) counts as one."""
         value = self.value(key)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-            raise self.fail(key, value, "an integer" + (f" >= {minimum}" if minimum is not None else ""))
+            raise self.fail(key, self.value(key), "an integer" + (f" >= {minimum}" if minimum is not None else ""))
         return value
 
     def number(self, key: str, low: float, high: float, high_open: bool = False) -> float:
@@ -170,7 +213,21 @@ class FeatureParams:
 
 @dataclass(frozen=True)
 class TrainingParams:
-    """What fitting a model needs, shared by the head and fine-tune stages."""
+    """What fitting a model needs, shared by the head and fine-tune stages.
+
+    Attributes:
+        lr: the learning rate; with ``schedule: cosine``, its peak.
+        epochs: the most epochs to train (early stopping may end sooner).
+        batch_size: examples per step.
+        patience: epochs in a row without a better validation loss before training stops.
+        label_smoothing: the cross-entropy's label smoothing.
+        class_weight: ``balanced`` or ``none``.
+        optimizer: ``adam`` or ``adamw``.
+        weight_decay: AdamW's decoupled weight decay (unused by Adam).
+        schedule: ``constant``, or ``cosine``: a linear warmup to ``lr`` over ``warmup_epochs``, then a cosine
+            decay to zero at ``epochs``.
+        warmup_epochs: epochs of linear warmup before the cosine decay.
+    """
 
     lr: float
     epochs: int
@@ -178,6 +235,10 @@ class TrainingParams:
     patience: int
     label_smoothing: float
     class_weight: str
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup_epochs: int = 0
 
 
 @dataclass(frozen=True)
@@ -190,9 +251,21 @@ class HeadParams:
 
 @dataclass(frozen=True)
 class AugmentParams:
+    """Random changes to each training image, made on raw pixels before the backbone's preprocessing.
+
+    Attributes:
+        flip: horizontal flips.
+        rotation: a fraction of a full turn, both ways.
+        zoom: a fraction, in and out.
+        contrast: a factor; contrast is scaled by a random value in [1 - contrast, 1 + contrast].
+        brightness: a fraction of the pixel range added or subtracted.
+    """
+
     flip: bool
     rotation: float
     zoom: float
+    contrast: float
+    brightness: float
 
 
 @dataclass(frozen=True)
@@ -257,6 +330,10 @@ def read_training(params: Params, section: str, min_epochs: int) -> TrainingPara
         patience=params.int(f"{section}.patience", minimum=0),
         label_smoothing=params.number(f"{section}.label_smoothing", 0.0, 1.0, high_open=True),
         class_weight=params.choice(f"{section}.class_weight", CLASS_WEIGHTS),
+        optimizer=params.choice(f"{section}.optimizer", OPTIMIZERS),
+        weight_decay=params.number(f"{section}.weight_decay", 0.0, 1.0),
+        schedule=params.choice(f"{section}.schedule", SCHEDULES),
+        warmup_epochs=params.int(f"{section}.warmup_epochs", minimum=0),
     )
 
 
@@ -271,14 +348,19 @@ def read_head(params: Params) -> HeadParams:
 
 def read_fine_tune(params: Params) -> FineTuneParams:
     unfreeze = params.value("fine_tune.unfreeze")
+    if isinstance(unfreeze, float) and unfreeze.is_integer():
+        unfreeze = int(unfreeze)
     if isinstance(unfreeze, bool) or not isinstance(unfreeze, (int, str)) or (
         isinstance(unfreeze, int) and unfreeze < 0
     ):
-        raise params.fail("fine_tune.unfreeze", unfreeze, "a number of top layers >= 0, or a layer name")
+        raise params.fail("fine_tune.unfreeze", unfreeze,
+                          f"{UNFREEZE_ALL}, a number of top layers >= 0, or a layer name")
     augment = AugmentParams(
         flip=params.bool("fine_tune.augment.flip"),
         rotation=params.number("fine_tune.augment.rotation", 0.0, 0.5),
         zoom=params.number("fine_tune.augment.zoom", 0.0, 0.9),
+        contrast=params.number("fine_tune.augment.contrast", 0.0, 1.0, high_open=True),
+        brightness=params.number("fine_tune.augment.brightness", 0.0, 1.0, high_open=True),
     )
     return FineTuneParams(
         unfreeze=unfreeze, augment=augment, training=read_training(params, "fine_tune", min_epochs=0)

@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from transfer.distribute import is_chief
 from transfer.io import read_csv, read_json
 from transfer.layout import (
@@ -34,7 +32,7 @@ from transfer.layout import (
     TEST_METRICS,
     TIMINGS,
 )
-from transfer.params import PARAMS_FILE, repository_root
+from transfer.params import PARAMS_FILE, read_params_file, repository_root
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +93,8 @@ def collect_execution(model=None, model_input_size: tuple[int, int] | None = Non
     each stage's wall time as ``<stage>_seconds`` and extraction throughput as
     ``extract_features_images_per_second``.
     """
-    tree = yaml.safe_load(Path(PARAMS_FILE).read_text(encoding="utf-8")) or {}
+    # Read as the stages read it (YAML 1.2, DVC's reading), so the run shows the values the stages used.
+    tree = read_params_file(PARAMS_FILE)
     metrics = dict(read_json(TEST_METRICS))
     for prefix, folder in (("head", HEAD_REPORTS), ("fine_tune", FINE_TUNE_REPORTS)):
         if (folder / STAGE_METRICS).is_file():
@@ -112,6 +111,7 @@ def collect_execution(model=None, model_input_size: tuple[int, int] | None = Non
                  *sorted(HEAD_REPORTS.glob("*")), *sorted(FINE_TUNE_REPORTS.glob("*"))]
     return {
         "params": flatten(tree),
+        "params_tree": tree,
         "metrics": metrics,
         "histories": histories,
         "tags": run_tags(tree),
@@ -138,6 +138,9 @@ def _log(mlflow, run_name: str, record: dict[str, Any]) -> str:
     mlflow.set_experiment(EXPERIMENT)
     with mlflow.start_run(run_name=run_name, tags=record["tags"]) as run:
         mlflow.log_params({key: str(value)[:500] for key, value in record["params"].items()})
+        if record.get("params_tree") is not None:
+            # MLflow params are text; this keeps each value's type (2e-05 a number, true a boolean).
+            mlflow.log_dict(record["params_tree"], "params.json")
         metrics = {key: float(value) for key, value in record["metrics"].items() if isinstance(value, (int, float))}
         mlflow.log_metrics(metrics)
         # Every epoch of every history in a few batched writes, not one store transaction per epoch.

@@ -1,11 +1,12 @@
 """params.yaml is read in one place; every bad value is a one-line error naming the key and what is allowed."""
 
 import re
+from dataclasses import asdict
 
 import pytest
 import yaml
 
-from tests.helpers import set_param
+from tests.helpers import REPO, set_param
 from transfer.errors import ParamError
 from transfer.params import (
     Params,
@@ -26,7 +27,10 @@ def test_the_repository_params_parse(params_tree):
     head = read_head(params)
     tune = read_fine_tune(params)
     assert head.hidden == () and head.training.epochs >= 1
-    assert tune.training.lr < head.training.lr / 10, "fine-tuning runs 10-100x below the head's learning rate"
+    assert tune.training.lr < head.training.lr, "fine-tuning runs below the head's learning rate"
+    if tune.training.lr > head.training.lr / 10:
+        # A peak this close to the head's would wreck the pretrained features in the first steps without a warmup.
+        assert tune.training.schedule == "cosine" and tune.training.warmup_epochs >= 1
     assert read_split(params).val + read_split(params).test < 1
     assert read_features(params).dtype == "float16"
     assert read_evaluate(params).top_k >= 1
@@ -89,7 +93,7 @@ def test_the_whole_file_is_checked_in_one_place(params_tree):
 @pytest.mark.parametrize(
     ("key", "expected"),
     [("head.dropuot", "head.dropuot is not a known param; did you mean head.dropout?"),
-     ("fine_tune.augment.brightness", "fine_tune.augment.brightness is not a known param"),
+     ("fine_tune.augment.hue", "fine_tune.augment.hue is not a known param"),
      ("colour", "colour is not a known param; remove it")],
 )
 def test_an_unknown_key_is_a_typo_until_proven_otherwise(params_tree, key, expected):
@@ -147,3 +151,108 @@ def test_relative_paths_are_anchored_at_the_dvc_root(monkeypatch, tmp_path):
     assert repo_path("/abs/photos.tgz").as_posix() == "/abs/photos.tgz"
     monkeypatch.delenv("DVC_ROOT")
     assert repo_path("photos.tgz").as_posix() == "photos.tgz"
+
+
+def _numeric_and_boolean_keys(tree: dict) -> tuple[list[str], list[str]]:
+    leaves = {key: value for key, value in _flat(tree).items()}
+    numbers = [key for key, value in leaves.items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    booleans = [key for key, value in leaves.items() if isinstance(value, bool)]
+    return numbers, booleans
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_params_rewritten_by_dvc_set_param_read_as_dvc_reads_them(default_params, tmp_path):
+    """Every numeric key in exponent form and every boolean key flipped, written by DVC's own ``-S`` code."""
+    from dvc.utils.hydra import apply_overrides
+
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text())
+    numbers, booleans = _numeric_and_boolean_keys(default_params)
+    assert {"seed", "head.lr", "fine_tune.lr", "data.max_bytes", "split.val"} <= set(numbers)
+    assert {"head.batchnorm", "fine_tune.augment.flip", "evaluate.tta"} <= set(booleans)
+    flat = _flat(default_params)
+    expected = {key: float(flat[key]) for key in numbers}
+    expected.update({key: not flat[key] for key in booleans})
+    expected["fine_tune.lr"] = 2e-05  # the issue's own sweep value
+    overrides = [f"{key}={float(flat[key]):e}" for key in numbers if key != "fine_tune.lr"]
+    overrides += ["fine_tune.lr=0.00002"]
+    overrides += [f"{key}={str(not flat[key]).lower()}" for key in booleans]
+    apply_overrides(path, overrides)
+
+    written = path.read_text()
+    assert "lr: 2e-05" in written, "DVC writes small floats in exponent form, without a dot"
+    assert isinstance(yaml.safe_load(written)["fine_tune"]["lr"], str), "a YAML 1.1 reader takes it for text"
+
+    params = Params.load(path)
+    check_all(params)  # the whole file validates, as every stage checks it first
+    reads = {
+        "seed": params.int("seed"),
+        "data.max_bytes": read_data(params).max_bytes,
+        "split.val": read_split(params).val,
+        "split.test": read_split(params).test,
+        "features.batch_size": read_features(params).batch_size,
+    }
+    head, tune = read_head(params), read_fine_tune(params)
+    sections = {"head": asdict(head.training), "fine_tune": asdict(tune.training),
+                "fine_tune.augment": asdict(tune.augment), "evaluate": asdict(read_evaluate(params))}
+    for section, fields in sections.items():
+        reads.update({f"{section}.{name}": value for name, value in fields.items()})
+    reads.update({"head.dropout": head.dropout, "head.batchnorm": head.batchnorm, "fine_tune.unfreeze": tune.unfreeze})
+    for key, value in expected.items():
+        assert key in reads, f"{key} was not checked"
+        assert reads[key] == value, f"{key}: read {reads[key]!r}, DVC wrote {value!r}"
+        if isinstance(flat[key], int) and not isinstance(flat[key], bool):
+            assert type(reads[key]) is int, f"{key}: an integer param read as {reads[key]!r}"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "value"),
+    [
+        ("2e-05", "head.lr", 2e-05),
+        ("1e-4", "head.lr", 1e-4),
+        ("010", "seed", 10),  # YAML 1.1 reads 8 (octal); DVC reads 10
+        ("2e10", "data.max_bytes", 20_000_000_000),
+    ],
+)
+def test_values_mean_what_dvc_says_they_mean(tmp_path, default_params, text, key, value):
+    section, _, leaf = key.rpartition(".")
+    path = tmp_path / "params.yaml"
+    lines = (REPO / "params.yaml").read_text().splitlines()
+    indent = "  " if section else ""
+    in_section = not section
+    for i, line in enumerate(lines):
+        if section and line == f"{section}:":
+            in_section = True
+        elif in_section and line.startswith(f"{indent}{leaf}:"):
+            lines[i] = f"{indent}{leaf}: {text}"
+            break
+    path.write_text("\n".join(lines) + "\n")
+    params = Params.load(path)
+    read = params.int(key) if isinstance(value, int) else params.positive(key)
+    assert read == value and type(read) is type(value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "hint"),
+    [
+        ("fine_tune.augment.flip", "yes", "takes 'yes' as text: write true or false"),
+        ("evaluate.tta", "on", "takes 'on' as text: write true or false"),
+        ("head.lr", "1e-3", "it is quoted, so it is text: write 1e-3 without quotes"),
+        ("seed", "7", "write 7 without quotes"),
+    ],
+)
+def test_where_yaml_readers_disagree_the_error_says_what_to_write(params_tree, key, value, hint):
+    set_param(params_tree, key, value)
+    with pytest.raises(ParamError) as raised:
+        check_all(Params(params_tree))
+    message = str(raised.value)
+    assert f"{key} = {value!r} is invalid" in message and hint in message

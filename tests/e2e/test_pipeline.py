@@ -3,9 +3,9 @@
 import json
 
 import pytest
-import yaml
 
 from tests.helpers import make_pipeline_repo, make_shapes_dataset, pipeline_env, run, stages_run
+from transfer.params import read_params_file
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +63,12 @@ def test_repro_runs_all_six_stages_and_writes_every_report(repo, first_run):
                  "reports/fine_tune/history.csv", "data/features/meta.json", "data/splits/classes.json"):
         assert (repo / path).stat().st_size > 0, path
     history = (repo / "reports/fine_tune/history.csv").read_text().splitlines()
-    assert history[0].startswith("epoch,") and len(history) == 2
+    assert history[0].startswith("epoch,") and len(history) == 3
+    assert history[1].startswith("0,,,"), "epoch 0, the head on the backbone before any step: validation only"
+    tuned = json.loads((repo / "reports/fine_tune/metrics.json").read_text())
+    assert tuned["best_epoch"] in (0, 1) and tuned["epochs_run"] == 1
+    head = json.loads((repo / "reports/head/metrics.json").read_text())
+    assert 0 <= head["test_accuracy"] <= 1 and head["test_loss"] > 0, "the head alone on the cached test features"
 
 
 def test_a_second_repro_runs_nothing(repo, first_run):
@@ -178,7 +183,7 @@ def test_two_queued_experiments_run_at_once(repo, first_run):
     checked = set()
     for name in run(["dvc", "exp", "list", "--name-only"], repo).stdout.split():
         run(["dvc", "exp", "apply", name], repo)
-        lr = str(yaml.safe_load((repo / "params.yaml").read_text())["head"]["lr"])
+        lr = str(read_params_file(repo / "params.yaml")["head"]["lr"])
         if lr in ("0.02", "0.03"):
             assert "up to date" in run(["dvc", "status"], repo).stdout, f"{name}: outputs differ from its lock file"
             logged = next(r for r in runs if r.data.params["head.lr"] == lr).data.metrics["accuracy"]

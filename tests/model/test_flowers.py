@@ -25,6 +25,8 @@ def flowers(tmp_path_factory):
         "backbone": "mobilenetv2_0.35",
         "weights": str(MOBILENETV2_035_WEIGHTS),
         "fine_tune.epochs": 0,
+        # The head's loss has no smoothing; the assembled model is scored with fine-tune's, so match them.
+        "fine_tune.label_smoothing": 0.0,
         "evaluate.temperature_scaling": True,
         "evaluate.gradcam": 8,
     })
@@ -45,6 +47,17 @@ def test_head_only_pipeline_reaches_75_percent_on_real_flowers(flowers):
     assert metrics["ece"] < 0.25 and metrics["temperature"] > 0
     shown = json.loads((flowers / "reports/evaluate/gradcam.json").read_text())
     assert len(shown) == 8 and any(row["actual"] != row["predicted"] for row in shown)
+
+
+def test_the_assembled_model_scores_as_the_head_did_on_cached_features(flowers):
+    """Backbone + head on the photos (float32, in one graph) against the head on the float16 cached features."""
+    head = json.loads((flowers / "reports/head/metrics.json").read_text())
+    assembled = json.loads((flowers / "reports/fine_tune/metrics.json").read_text())
+    assert abs(assembled["val_loss"] - head["val_loss"]) <= 1e-3, (assembled, head)
+    assert abs(assembled["val_accuracy"] - head["val_accuracy"]) <= 1e-6
+    # With no fine-tuning, the deployed model's test accuracy is the head's on the cached test features.
+    metrics = json.loads((flowers / "reports/metrics.json").read_text())
+    assert abs(metrics["accuracy"] - head["test_accuracy"]) <= 1e-6, (metrics, head)
 
 
 def test_predict_writes_a_row_for_every_photo_and_every_broken_file(flowers, tmp_path):
@@ -88,3 +101,35 @@ def test_imagenet_weights_load_from_a_seeded_keras_cache(tmp_path):
     from_cache, from_path = np.load(tmp_path / "True.npy"), np.load(tmp_path / "False.npy")
     np.testing.assert_array_equal(from_cache, from_path)
     assert from_cache.std() > 0.1, "pretrained features, not a degenerate random network"
+
+
+def test_learning_rates_swept_with_dvc_set_param_run_as_dvc_shows_them(flowers):
+    """DVC writes 0.00002 as ``2e-05`` (YAML 1.2); the stages read the number DVC shows, and MLflow logs it.
+
+    Last in this module: it leaves the workspace at the second experiment's results.
+    """
+    import mlflow
+
+    tuned = run(["dvc", "exp", "run", "-S", "fine_tune.lr=0.00002", "-S", "fine_tune.epochs=1"], flowers)
+    assert "lr: 2e-05" in (flowers / "params.yaml").read_text()
+    assert "at lr 2e-05" in tuned.stderr + tuned.stdout
+    headed = run(["dvc", "exp", "run", "-S", "head.lr=1e-4"], flowers)
+    assert stages_run(headed) == ["train-head", "fine-tune", "evaluate"]
+    assert "head: lr 0.0001" in headed.stderr + headed.stdout
+
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], flowers).stdout)
+    used = [exp["data"]["params"]["params.yaml"]["data"]
+            for baseline in shown for experiment in (baseline.get("experiments") or [])
+            for exp in experiment["revs"]]
+    assert any(p["fine_tune"]["lr"] == 2e-05 and p["fine_tune"]["epochs"] == 1 for p in used), used
+    assert any(p["head"]["lr"] == 1e-4 for p in used), used
+
+    mlflow.set_tracking_uri(f"sqlite:///{flowers / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("transfer").experiment_id],
+                              order_by=["attributes.start_time DESC"], max_results=2)
+    latest, previous = runs
+    assert latest.data.params["head.lr"] == "0.0001" and latest.data.params["fine_tune.lr"] == "2e-05"
+    assert previous.data.params["fine_tune.lr"] == "2e-05"
+    typed = mlflow.artifacts.load_dict(f"runs:/{latest.info.run_id}/params.json")
+    assert typed["fine_tune"]["lr"] == 2e-05 and typed["head"]["lr"] == 1e-4 and typed["fine_tune"]["epochs"] == 1
