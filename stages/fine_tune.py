@@ -1,13 +1,16 @@
 """fine-tune: put the trained head on the backbone and train the top of both at a low learning rate.
 
 With ``fine_tune.epochs: 0`` the backbone and head are only assembled, so ``models/model.keras`` always
-exists and evaluate scores the artifact a user would deploy.
+exists and evaluate scores the artifact a user would deploy. Otherwise the assembled model is scored on
+validation before the first step (epoch 0) and the best of epochs 0..N is kept, so fine-tuning never ends
+with a higher validation loss than the head it started from.
 
 Reads params: seed, backbone, weights, image_size, fine_tune.*, strategy, mixed_precision.
 Writes: models/model.keras (+ classes), reports/fine_tune/{history.csv,metrics.json,curves.png}
 """
 
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -34,7 +37,7 @@ from transfer.training import (
     augmenter,
     best_epoch,
     class_weights,
-    compile_for_training,
+    compile_with,
     fit,
     score,
     set_determinism,
@@ -53,6 +56,8 @@ def main() -> None:
     seed, choice, tune, distribute = parse_params(Params.load())
     classes = read_classes(SPLITS)
     setup = runtime(distribute)
+    train_paths, train_labels = read_split(SPLITS, "train", RAW, classes)
+    steps_per_epoch = max(1, math.ceil(len(train_paths) / tune.training.batch_size))
     with setup.scope():
         extractor = build_feature_extractor(choice)
         # Seed before loading the head: its Dropout layers draw their random seeds as they are created.
@@ -62,25 +67,36 @@ def main() -> None:
             raise DataError(f"{HEAD_MODEL} was trained on other classes than {SPLITS}; re-run train-head")
         model = assemble_classifier(extractor, head)
         unfrozen = unfreeze_top(model, tune.unfreeze)
-        compile_for_training(model, tune.training.lr, tune.training.label_smoothing)
+        compile_with(model, tune.training, steps_per_epoch)
 
     def labelled(split: str, shuffle_seed: int | None = None):
         paths, labels = read_split(SPLITS, split, RAW, classes)
-        dataset = image_dataset(paths, choice.image_size, tune.training.batch_size, labels, len(classes), shuffle_seed)
-        return dataset, labels
+        return image_dataset(paths, choice.image_size, tune.training.batch_size, labels, len(classes), shuffle_seed)
 
-    validation, val_labels = labelled("val")
-    validation = validation if len(val_labels) else None
+    validation = labelled("val") if read_split(SPLITS, "val", RAW, classes)[0] else None
     rows = []
     if tune.training.epochs:
-        train, train_labels = labelled("train", shuffle_seed=seed)
+        # Epoch 0: the assembled model before any step, which is the head as it left train-head. It competes
+        # with the trained epochs, so fine-tuning can only keep or improve the validation loss.
+        if validation is not None:
+            start = score(model, validation, tune.training.batch_size, setup.strategy)
+            rows.append({"epoch": 0, "loss": None, "accuracy": None, "val_loss": start["loss"],
+                         "val_accuracy": start["accuracy"]})
+            log.info("fine-tune: epoch 0 (the head on the backbone, before any step): val_loss %.4f, "
+                     "val_accuracy %.4f", start["loss"], start["accuracy"])
+        train = labelled("train", shuffle_seed=seed)
         augment = augmenter(tune.augment, seed)
         if augment is not None:
             train = train.map(lambda images, targets: (augment(images, training=True), targets))
-        log.info("fine-tune: training %d backbone layers from %s, and the head, at lr %g",
-                 len(unfrozen), unfrozen[0] if unfrozen else "-", tune.training.lr)
+        log.info("fine-tune: training %d backbone layers from %s (BatchNormalization layers stay frozen) and the "
+                 "head, %s at lr %g (%s schedule), up to %d epochs", len(unfrozen), unfrozen[0] if unfrozen else "-",
+                 tune.training.optimizer, tune.training.lr, tune.training.schedule, tune.training.epochs)
         weights = class_weights(train_labels, len(classes), tune.training.class_weight)
-        rows = fit(model, train, validation, tune.training, weights, strategy=setup.strategy)
+        rows += fit(model, train, validation, tune.training, weights, strategy=setup.strategy,
+                    start=rows[0]["val_loss"] if rows else None)
+        kept = best_epoch(rows)
+        log.info("fine-tune: kept epoch %d of %d%s", kept, len(rows) - (1 if validation is not None else 0),
+                 " (the head as it came: no epoch lowered the validation loss)" if kept == 0 else "")
 
     save_model(model, MODEL, classes)
     write_history(FINE_TUNE_REPORTS / HISTORY, rows)
@@ -90,7 +106,7 @@ def main() -> None:
         "val_accuracy": scored.get("accuracy"),
         "val_loss": scored.get("loss"),
         "best_epoch": best_epoch(rows),
-        "epochs_run": len(rows),
+        "epochs_run": sum(1 for row in rows if row["epoch"] > 0),
         "trainable_backbone_layers": len(unfrozen) if tune.training.epochs else 0,
     })
 

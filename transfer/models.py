@@ -13,6 +13,7 @@ from transfer.backbones import BACKBONE_LAYER
 from transfer.errors import DataError, ParamError
 from transfer.heads import HEAD_LAYER
 from transfer.io import atomic_path, read_json, write_json
+from transfer.params import UNFREEZE_ALL
 
 CLASSES_SUFFIX = ".classes.json"
 
@@ -38,7 +39,8 @@ def unfreeze_top(model, unfreeze: int | str) -> list[str]:
 
     Args:
         model: a classifier from :func:`assemble_classifier`.
-        unfreeze: the number of top backbone layers to train, or the name of the first layer to train.
+        unfreeze: the number of top backbone layers to train, the name of the first layer to train, or
+            ``"all"`` for every layer of the backbone (BatchNormalization still excepted).
 
     Returns:
         The names of the backbone layers left trainable.
@@ -50,13 +52,15 @@ def unfreeze_top(model, unfreeze: int | str) -> list[str]:
 
     backbone = backbone_of(model)
     layers = [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
-    if isinstance(unfreeze, str):
+    if unfreeze == UNFREEZE_ALL:
+        start = 0
+    elif isinstance(unfreeze, str):
         names = [layer.name for layer in layers]
         if unfreeze not in names:
             examples = ", ".join(names[-12::3])
             raise ParamError(
-                f"fine_tune.unfreeze = {unfreeze!r} is invalid: expected a number of layers (0 to {len(layers)}) "
-                f"or a layer name of this backbone, such as {examples}"
+                f"fine_tune.unfreeze = {unfreeze!r} is invalid: expected {UNFREEZE_ALL}, a number of layers "
+                f"(0 to {len(layers)}) or a layer name of this backbone, such as {examples}"
             )
         start = names.index(unfreeze)
     else:

@@ -131,7 +131,7 @@ def plot_confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: Se
 
 
 def plot_history(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Accuracy and loss per epoch, train against validation."""
+    """Accuracy and loss per epoch, train against validation (epoch 0, the starting model, has validation only)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,9 +141,10 @@ def plot_history(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     epochs = [row["epoch"] for row in rows]
     for axis, metric in zip(axes, ("accuracy", "loss"), strict=True):
         for prefix, label in (("", "train"), ("val_", "validation")):
-            values = [row[prefix + metric] for row in rows]
-            if values and values[0] is not None:
-                axis.plot(epochs, values, marker="o", markersize=3, label=label)
+            points = [(epoch, row[prefix + metric]) for epoch, row in zip(epochs, rows, strict=True)
+                      if row[prefix + metric] is not None]
+            if points:
+                axis.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label)
         axis.set(title=metric.capitalize(), xlabel="Epoch", ylabel=metric)
         if rows:
             axis.legend()

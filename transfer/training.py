@@ -37,15 +37,60 @@ def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> dict[int, 
     return {i: float(w) for i, w in enumerate(weights)}
 
 
-def compile_for_training(model, lr: float, label_smoothing: float) -> None:
-    """Compile with Adam and categorical cross-entropy on one-hot targets. Call again after changing ``trainable``."""
+def learning_rate(params: TrainingParams, steps_per_epoch: int):
+    """The learning rate: ``params.lr`` throughout, or a linear warmup to it then a cosine decay to zero.
+
+    Args:
+        params: ``lr``, ``schedule`` (``constant`` or ``cosine``), ``warmup_epochs`` and ``epochs``.
+        steps_per_epoch: optimizer steps in one epoch, which turns epochs into steps.
+
+    Returns:
+        A float, or a ``keras.optimizers.schedules.LearningRateSchedule``.
+    """
     import keras
 
+    if params.schedule == "constant":
+        return params.lr
+    total = max(1, params.epochs * steps_per_epoch)
+    warmup = min(params.warmup_epochs * steps_per_epoch, total - 1)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else params.lr,
+        decay_steps=total - warmup,
+        warmup_target=params.lr if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
+def compile_for_training(model, lr, label_smoothing: float = 0.0, optimizer: str = "adam",
+                         weight_decay: float = 0.0) -> None:
+    """Compile with Adam or AdamW and categorical cross-entropy on one-hot targets.
+
+    Call again after changing ``trainable``: Keras fixes the trainable variables when it compiles.
+
+    Args:
+        model: the model to compile.
+        lr: a learning rate, or a schedule from :func:`learning_rate`.
+        label_smoothing: the cross-entropy's label smoothing.
+        optimizer: ``adam`` or ``adamw`` (decoupled weight decay).
+        weight_decay: AdamW's decay per step, relative to the learning rate; unused by Adam.
+    """
+    import keras
+
+    if optimizer == "adamw":
+        chosen = keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay)
+    else:
+        chosen = keras.optimizers.Adam(learning_rate=lr)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=lr),
+        optimizer=chosen,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
         metrics=["accuracy"],
     )
+
+
+def compile_with(model, params: TrainingParams, steps_per_epoch: int) -> None:
+    """:func:`compile_for_training` with a stage's training params (optimizer, schedule, decay, smoothing)."""
+    compile_for_training(model, learning_rate(params, steps_per_epoch), params.label_smoothing, params.optimizer,
+                         params.weight_decay)
 
 
 def augmenter(augment: AugmentParams, seed: int):
@@ -59,6 +104,11 @@ def augmenter(augment: AugmentParams, seed: int):
         layers.append(keras.layers.RandomRotation(augment.rotation, seed=seed + 1))
     if augment.zoom:
         layers.append(keras.layers.RandomZoom(augment.zoom, seed=seed + 2))
+    # The pipeline augments raw pixels, before the model's own preprocessing: values in [0, 255].
+    if augment.contrast:
+        layers.append(keras.layers.RandomContrast(augment.contrast, value_range=(0, 255), seed=seed + 3))
+    if augment.brightness:
+        layers.append(keras.layers.RandomBrightness(augment.brightness, value_range=(0, 255), seed=seed + 4))
     return keras.Sequential(layers, name="augment") if layers else None
 
 
@@ -89,6 +139,7 @@ def fit(
     class_weight: dict[int, float] | None,
     shuffle_seed: int = 0,
     strategy=None,
+    start: float | None = None,
 ) -> list[dict[str, Any]]:
     """Train with early stopping on validation loss that restores the best epoch's weights.
 
@@ -102,6 +153,8 @@ def fit(
         strategy: the ``tf.distribute`` strategy the model was built under, if any. Keras' ``fit`` cannot run
             under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585); across hosts, :func:`fit_across_hosts`
             trains instead, to the same rules.
+        start: the monitored loss of the model before its first step (epoch 0), or None. Given, epoch 0 competes
+            with the trained epochs: when none beats it, the model leaves exactly as it came.
 
     Returns:
         One row per epoch run, with the columns of :data:`HISTORY_COLUMNS` (epoch counts from 1).
@@ -114,11 +167,11 @@ def fit(
     if isinstance(validation, tuple):
         validation = array_dataset(validation, params.batch_size)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return fit_across_hosts(model, train, validation, params, class_weight, strategy)
+        return fit_across_hosts(model, train, validation, params, class_weight, strategy, start)
     monitor = "val_loss" if validation is not None else "loss"
-    stop = keras.callbacks.EarlyStopping(monitor=monitor, patience=params.patience, restore_best_weights=True)
+    keep = _keep_best(keras, monitor, params.patience, start)
     history = model.fit(
-        train, epochs=params.epochs, validation_data=validation, class_weight=class_weight, callbacks=[stop],
+        train, epochs=params.epochs, validation_data=validation, class_weight=class_weight, callbacks=[keep],
         shuffle=False,  # the dataset shuffles itself
         verbose=2,
     ).history
@@ -127,6 +180,38 @@ def fit(
         row = {column: history[column][epoch] if column in history else None for column in HISTORY_COLUMNS}
         rows.append({**row, "epoch": epoch + 1})
     return rows
+
+
+def _keep_best(keras, monitor: str, patience: int, start: float | None):
+    """Early stopping on ``monitor`` (lower is better) that restores the best weights, epoch 0 included.
+
+    Keras' ``EarlyStopping`` only knows the epochs it saw, so a fine-tune whose every epoch is worse than the
+    head it started from would keep its least bad epoch; this one keeps the starting weights then. Same
+    counting as Keras: stop after ``patience`` epochs in a row without a strict improvement.
+    """
+
+    class KeepBest(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.best = np.inf if start is None else start
+            self.best_weights = None if start is None else self.model.get_weights()
+            self.wait = 0
+
+        def on_epoch_end(self, epoch, logs=None):
+            current = (logs or {}).get(monitor)
+            if current is None:
+                return
+            if current < self.best:
+                self.best, self.best_weights, self.wait = current, self.model.get_weights(), 0
+                return
+            self.wait += 1
+            if self.wait >= patience:
+                self.model.stop_training = True
+
+        def on_train_end(self, logs=None):
+            if self.best_weights is not None:
+                self.model.set_weights(self.best_weights)
+
+    return KeepBest()
 
 
 class _AcrossHosts:
@@ -194,7 +279,8 @@ class _AcrossHosts:
 
 
 def fit_across_hosts(
-    model, train, validation, params: TrainingParams, class_weight: dict[int, float] | None, strategy
+    model, train, validation, params: TrainingParams, class_weight: dict[int, float] | None, strategy,
+    start: float | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`fit` for a model built under ``MultiWorkerMirroredStrategy``: a training loop of its own.
 
@@ -207,7 +293,7 @@ def fit_across_hosts(
             model.optimizer.build(model.trainable_variables)
     loop = _AcrossHosts(model, strategy, class_weight)
     rows: list[dict[str, Any]] = []
-    best, best_weights, wait = np.inf, None, 0
+    best, best_weights, wait = (np.inf, None, 0) if start is None else (start, model.get_weights(), 0)
     for number in range(1, params.epochs + 1):
         loss, accuracy = loop.epoch(loop.train_step, train)
         row = {"epoch": number, "loss": loss, "accuracy": accuracy, "val_loss": None, "val_accuracy": None}
@@ -247,7 +333,10 @@ def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def best_epoch(rows: list[dict[str, Any]]) -> int:
-    """The epoch (from 1) whose weights early stopping kept, 0 when no epoch ran."""
+    """The epoch whose weights early stopping kept: 0 for the starting weights (or when no epoch ran).
+
+    The first of equal losses wins, as in :func:`fit`, where a later epoch must be strictly better.
+    """
     if not rows:
         return 0
     key = "val_loss" if rows[0]["val_loss"] is not None else "loss"

@@ -5,7 +5,15 @@ import pytest
 
 from transfer.heads import build_head
 from transfer.params import TrainingParams
-from transfer.training import class_weights, compile_for_training, fit, set_determinism
+from transfer.training import (
+    best_epoch,
+    class_weights,
+    compile_for_training,
+    compile_with,
+    fit,
+    learning_rate,
+    set_determinism,
+)
 
 
 def _layer_kinds(model):
@@ -64,3 +72,63 @@ def test_balanced_class_weights():
     weights = class_weights(np.array([0, 0, 0, 1]), 3, "balanced")
     assert weights == {0: pytest.approx(4 / 6), 1: pytest.approx(2.0), 2: 0.0}
     assert class_weights(np.array([0, 1]), 2, "none") is None
+
+
+def _noise_task():
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(64, 8)).astype("float32")
+    one_hot = np.eye(2, dtype="float32")[rng.integers(0, 2, size=64)]
+    return (features[:48], one_hot[:48]), (features[48:], one_hot[48:])
+
+
+def test_epoch_zero_is_kept_when_no_epoch_beats_it():
+    set_determinism(0)
+    train, validation = _noise_task()
+    head = build_head(8, 2, [16], 0.0, False)
+    compile_for_training(head, 5e-2, 0.0)
+    before = [np.array(w) for w in head.get_weights()]
+    params = TrainingParams(lr=5e-2, epochs=6, batch_size=8, patience=2, label_smoothing=0.0, class_weight="none")
+    rows = fit(head, train, validation, params, None, start=0.0)  # a loss no epoch can reach
+    assert rows and all(row["val_loss"] > 0.0 for row in rows)
+    for old, new in zip(before, head.get_weights(), strict=True):
+        np.testing.assert_array_equal(old, new, err_msg="the starting weights were not kept")
+    assert best_epoch([{"epoch": 0, "loss": None, "accuracy": None, "val_loss": 0.0, "val_accuracy": 1.0},
+                       *rows]) == 0
+
+
+def test_an_epoch_that_beats_epoch_zero_is_kept():
+    set_determinism(0)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16)) * 3
+    labels = rng.integers(0, 3, size=240)
+    features = (centres[labels] + rng.normal(size=(240, 16))).astype("float32")
+    one_hot = np.eye(3, dtype="float32")[labels]
+    head = build_head(16, 3, [], 0.0, False)
+    compile_for_training(head, 1e-2, 0.0)
+    validation = (features[200:], one_hot[200:])
+    start = head.evaluate(*validation, verbose=0, return_dict=True)["loss"]
+    params = TrainingParams(lr=1e-2, epochs=10, batch_size=16, patience=2, label_smoothing=0.0, class_weight="none")
+    rows = fit(head, (features[:200], one_hot[:200]), validation, params, None, start=start)
+    kept = head.evaluate(*validation, verbose=0, return_dict=True)["loss"]
+    assert kept == pytest.approx(min(row["val_loss"] for row in rows), rel=1e-4) and kept < start / 2
+
+
+def test_warmup_then_cosine_decay():
+    params = TrainingParams(lr=3e-4, epochs=5, batch_size=8, patience=2, label_smoothing=0.0, class_weight="none",
+                            optimizer="adamw", weight_decay=1e-4, schedule="cosine", warmup_epochs=1)
+    schedule = learning_rate(params, steps_per_epoch=10)
+    rates = [float(schedule(step)) for step in range(0, 51)]
+    assert rates[0] == 0.0 and rates[5] == pytest.approx(1.5e-4) and rates[10] == pytest.approx(3e-4)
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:], strict=False)), "decays after the warmup"
+    assert rates[30] == pytest.approx(1.5e-4, rel=1e-3) and rates[50] == pytest.approx(0.0, abs=1e-9)
+    constant = TrainingParams(lr=1e-3, epochs=5, batch_size=8, patience=2, label_smoothing=0.0, class_weight="none")
+    assert learning_rate(constant, steps_per_epoch=10) == 1e-3
+
+
+def test_adamw_is_compiled_with_its_weight_decay():
+    params = TrainingParams(lr=1e-3, epochs=1, batch_size=8, patience=1, label_smoothing=0.1, class_weight="none",
+                            optimizer="adamw", weight_decay=1e-4)
+    head = build_head(4, 2, [], 0.0, False)
+    compile_with(head, params, steps_per_epoch=3)
+    assert type(head.optimizer).__name__ == "AdamW" and head.optimizer.weight_decay == pytest.approx(1e-4)
+    assert head.loss.label_smoothing == pytest.approx(0.1)

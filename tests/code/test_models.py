@@ -39,6 +39,15 @@ def test_unfreeze_top_trains_exactly_the_top_layers_but_no_batchnorm():
     assert all(layer.trainable != _is_batchnorm(layer) for layer in head.layers[1:])
 
 
+def test_unfreeze_all_trains_every_backbone_layer_but_batchnorm():
+    model = _classifier()
+    unfrozen = unfreeze_top(model, "all")
+    layers = backbone_of(model).layers[1:]
+    assert unfrozen == [layer.name for layer in layers if not _is_batchnorm(layer)]
+    assert all(layer.trainable != _is_batchnorm(layer) for layer in layers)
+    assert not any(layer.trainable_weights for layer in model.layers if layer.name.startswith("preprocess"))
+
+
 def test_unfreeze_from_a_named_layer():
     model = _classifier()
     unfrozen = unfreeze_top(model, "block_16_expand")
@@ -105,3 +114,18 @@ def test_the_saved_model_loads_with_plain_keras_and_takes_raw_pixels(tmp_path):
     assert loaded_classes == classes and input_size(loaded) == (40, 40)
     with zipfile.ZipFile(tmp_path / "model.keras") as bundle, bundle.open("model.weights.h5") as weights:
         assert "optimizer" not in h5py.File(io.BytesIO(weights.read()), "r"), "no optimizer state in the artifact"
+
+
+def test_augmentation_changes_raw_pixels_within_their_range():
+    from transfer.params import AugmentParams
+    from transfer.training import augmenter
+
+    assert augmenter(AugmentParams(False, 0.0, 0.0, 0.0, 0.0), seed=0) is None
+    augment = augmenter(AugmentParams(True, 0.05, 0.15, 0.1, 0.1), seed=0)
+    assert [type(layer).__name__ for layer in augment.layers] == [
+        "RandomFlip", "RandomRotation", "RandomZoom", "RandomContrast", "RandomBrightness"]
+    images = np.random.default_rng(0).uniform(0, 255, size=(8, 32, 32, 3)).astype("float32")
+    changed = np.asarray(augment(images, training=True))
+    assert changed.shape == images.shape and not np.allclose(changed, images)
+    assert changed.min() >= 0.0 and changed.max() <= 255.0, "the backbone's preprocessing expects [0, 255]"
+    np.testing.assert_array_equal(np.asarray(augment(images, training=False)), images)

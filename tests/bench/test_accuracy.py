@@ -1,0 +1,43 @@
+"""The accuracy benchmark runs the real pipeline over seeds and levers (on generated images here)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_accuracy_bench_runs_the_pipeline_over_seeds_and_a_lever(tmp_path):
+    out = tmp_path / "accuracy.json"
+    result = subprocess.run(
+        [sys.executable, "bench/accuracy.py", "--quick", "--seeds", "2", "--levers", "adam_not_adamw",
+         "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["quick"] is True and results["seeds"] == [0, 1]
+    (backbone, record), = results["backbones"].items()
+    assert backbone == "resnet50" and set(record["per_seed"]) == {"0", "1"}
+    for seed_record in record["per_seed"].values():
+        default = seed_record["default"]
+        assert 0 <= default["head_test_accuracy"] <= 1 and 0 <= default["fine_tuned_test_accuracy"] <= 1
+        assert default["test_images"] == 12 and 0 <= default["fine_tune_kept_epoch"] <= 2
+        assert seed_record["linear_probe"]["test_accuracy"] > 0.5, "chance is 0.33 on the three shapes"
+        lever = seed_record["levers"]["adam_not_adamw"]
+        assert set(lever) == set(default)
+    summary = record["summary"]
+    assert set(summary["levers"]) == {"adam_not_adamw"}
+    assert summary["head"]["min"] <= summary["head"]["mean"] <= summary["head"]["max"]
+    for name in ("linear_probe", "head", "fine_tuned", "lever adam_not_adamw"):
+        assert name in result.stdout, "the table names every row"
+
+
+def test_a_bad_lever_is_one_line():
+    result = subprocess.run([sys.executable, "bench/accuracy.py", "--quick", "--levers", "bogus"], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "error: --levers ['bogus'] unknown" in result.stderr
