@@ -1,15 +1,16 @@
 """How accurate the default pipeline is, over several split seeds, and what each lever of its recipe is worth.
 
     python bench/accuracy.py [--quick] [--seeds 3] [--backbones mobilenetv2_0.35,mobilenetv2_0.5]
-                             [--levers all|none|name,...] [--out bench/accuracy.json]
+                             [--levers all|none|name,...] [--lever-seeds N] [--out bench/accuracy.json]
 
 For every backbone and seed it builds a fresh copy of the pipeline with default params (only the source,
 the backbone, its weights and the seed set), runs the real ``dvc repro``, and reads what the stages wrote:
 the head alone on the cached test features (``reports/head/metrics.json``), the fine-tuned model on the test
 photos (``reports/metrics.json``), and the fine-tune epoch kept. Beside them, a linear probe (scikit-learn's
-logistic regression, its C chosen on validation) on the same cached features. Then, on the first backbone,
-each lever of the fine-tuning recipe is switched to its alternative with ``dvc exp run -S``, which re-runs
-only the stages that read it. Prints a table and writes the whole record as JSON.
+logistic regression, its C chosen on validation) on the same cached features. Then, on the first backbone
+and the first ``--lever-seeds`` seeds (all by default), each lever of the fine-tuning recipe is switched to its
+alternative with ``dvc exp run -S``, which re-runs only the stages that read it. Prints a table and writes the
+whole record as JSON, after every seed, so a long run that is stopped keeps what it measured.
 
 Data: the shared 1,000-photo dev set (../shared/assets/flower_photos_dev.tgz) with the shared MobileNetV2
 weights. ``--quick``: generated shapes, random weights, 32 px, few epochs (minutes; what the test runs).
@@ -142,7 +143,8 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def summarise(per_seed: dict[int, dict]) -> dict[str, object]:
-    """Mean and spread over seeds of every accuracy, and each lever's effect on the fine-tuned accuracy."""
+    """Mean and spread over seeds of every accuracy, and each lever's effect on the fine-tuned accuracy (over
+    the seeds that measured levers)."""
     runs = list(per_seed.values())
     table: dict[str, object] = {
         "linear_probe": summary([r["linear_probe"]["test_accuracy"] for r in runs]),
@@ -153,9 +155,11 @@ def summarise(per_seed: dict[int, dict]) -> dict[str, object]:
     }
     levers = {}
     for lever in runs[0]["levers"]:
-        switched = [r["levers"][lever]["fine_tuned_test_accuracy"] for r in runs]
-        deltas = [r["default"]["fine_tuned_test_accuracy"] - s for r, s in zip(runs, switched, strict=True)]
-        levers[lever] = {"fine_tuned": summary(switched), "default_minus_switched": summary(deltas)}
+        measured = [r for r in runs if lever in r["levers"]]
+        switched = [r["levers"][lever]["fine_tuned_test_accuracy"] for r in measured]
+        deltas = [r["default"]["fine_tuned_test_accuracy"] - s for r, s in zip(measured, switched, strict=True)]
+        levers[lever] = {"seeds": len(measured), "fine_tuned": summary(switched),
+                         "default_minus_switched": summary(deltas)}
     table["levers"] = levers
     return table
 
@@ -172,7 +176,14 @@ def print_table(results: dict) -> None:
         for lever, row in table["levers"].items():
             delta = row["default_minus_switched"]
             print(f"  lever {lever:28} {row['fine_tuned']['mean']:.4f}  (defaults {delta['mean']:+.4f}, "
-                  f"per seed [{delta['min']:+.4f}, {delta['max']:+.4f}])")
+                  f"per seed [{delta['min']:+.4f}, {delta['max']:+.4f}], {row['seeds']} seed(s))")
+
+
+def write_json_whole(path: Path, value: dict) -> None:
+    """Write JSON under a temporary name, then rename: a stopped run never leaves half a file."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(value, indent=2) + "\n")
+    temporary.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbones", default="mobilenetv2_0.35,mobilenetv2_0.5",
                         help="comma-separated; the levers are measured on the first")
     parser.add_argument("--levers", default="all", help="all, none, or comma-separated names of " + ", ".join(LEVERS))
+    parser.add_argument("--lever-seeds", type=int, default=None,
+                        help="measure the levers on the first N seeds only (default: every seed)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "accuracy.json", help="where to write")
     args = parser.parse_args(argv)
     args.backbones = [name.strip() for name in args.backbones.split(",") if name.strip()]
@@ -190,8 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or args.seeds < 1:
         raise SystemExit(f"error: --levers {unknown} unknown; expected all, none or some of {', '.join(LEVERS)}"
                          if unknown else f"error: --seeds {args.seeds}: expected 1 or more")
+    lever_seeds = args.seeds if args.lever_seeds is None else args.lever_seeds
     results: dict[str, object] = {"quick": args.quick, "seeds": list(range(args.seeds)), "levers": LEVERS,
+                                  "lever_seeds": list(range(min(lever_seeds, args.seeds))),
                                   "cpu_count": os.cpu_count(), "backbones": {}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-accuracy-") as scratch:
         args.work = Path(scratch)
         results["dataset"], chosen = settings(args)
@@ -200,12 +216,11 @@ def main(argv: list[str] | None = None) -> int:
             for seed in range(args.seeds):
                 repo = make_pipeline_repo(args.work / backbone / f"seed{seed}",
                                           {**overrides, "backbone": backbone, "seed": seed})
-                per_seed[seed] = measure(repo, levers if index == 0 else [])
+                per_seed[seed] = measure(repo, levers if index == 0 and seed < lever_seeds else [])
                 print(f"{backbone} seed {seed}: {json.dumps(per_seed[seed]['default'])}", flush=True)
-            results["backbones"][backbone] = {"params": overrides, "per_seed": per_seed,
-                                              "summary": summarise(per_seed)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+                results["backbones"][backbone] = {"params": overrides, "per_seed": per_seed,
+                                                  "summary": summarise(per_seed)}
+                write_json_whole(args.out, results)
     print_table(results)
     print(f"\nwrote {args.out}")
     return 0
