@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "accuracy.json", help="where to write")
     args = parser.parse_args(argv)
     args.backbones = [name.strip() for name in args.backbones.split(",") if name.strip()]
-    levers = {"all": list(LEVERS), "none": []}.get(args.levers) or [name.strip() for name in args.levers.split(",")]
+    named = {"all": list(LEVERS), "none": []}
+    levers = named[args.levers] if args.levers in named else [name.strip() for name in args.levers.split(",")]
     unknown = [name for name in levers if name not in LEVERS]
     if unknown or args.seeds < 1:
         raise SystemExit(f"error: --levers {unknown} unknown; expected all, none or some of {', '.join(LEVERS)}"
