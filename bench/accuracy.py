@@ -42,7 +42,7 @@ SHARED_WEIGHTS = {
 # Each lever of the fine-tuning recipe and the alternative it is measured against: the default's params
 # switched to these. A lever that the defaults leave off is measured by switching it on.
 LEVERS: dict[str, dict[str, object]] = {
-    "unfreeze_top_20_not_all": {"fine_tune.unfreeze": 20},
+    "unfreeze_all_not_top_20": {"fine_tune.unfreeze": "all"},
     "constant_lr_no_warmup_cosine": {"fine_tune.schedule": "constant", "fine_tune.warmup_epochs": 0},
     "adam_not_adamw": {"fine_tune.optimizer": "adam"},
     "no_label_smoothing": {"fine_tune.label_smoothing": 0.0},
