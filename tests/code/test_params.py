@@ -19,6 +19,7 @@ from transfer.params import (
     read_split,
 )
 from transfer.stage import run_stage
+from transfer.tracking import flatten
 from transfer.validation import _leaves, check_all
 
 
@@ -154,20 +155,10 @@ def test_relative_paths_are_anchored_at_the_dvc_root(monkeypatch, tmp_path):
 
 
 def _numeric_and_boolean_keys(tree: dict) -> tuple[list[str], list[str]]:
-    leaves = {key: value for key, value in _flat(tree).items()}
+    leaves = flatten(tree)
     numbers = [key for key, value in leaves.items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
     booleans = [key for key, value in leaves.items() if isinstance(value, bool)]
     return numbers, booleans
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def test_params_rewritten_by_dvc_set_param_read_as_dvc_reads_them(default_params, tmp_path):
@@ -179,7 +170,7 @@ def test_params_rewritten_by_dvc_set_param_read_as_dvc_reads_them(default_params
     numbers, booleans = _numeric_and_boolean_keys(default_params)
     assert {"seed", "head.lr", "fine_tune.lr", "data.max_bytes", "split.val"} <= set(numbers)
     assert {"head.batchnorm", "fine_tune.augment.flip", "evaluate.tta"} <= set(booleans)
-    flat = _flat(default_params)
+    flat = flatten(default_params)
     expected = {key: float(flat[key]) for key in numbers}
     expected.update({key: not flat[key] for key in booleans})
     expected["fine_tune.lr"] = 2e-05  # the issue's own sweep value
