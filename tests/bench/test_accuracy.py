@@ -15,12 +15,12 @@ def test_quick_accuracy_bench_runs_the_pipeline_over_seeds_and_a_lever(tmp_path)
     out = tmp_path / "accuracy.json"
     result = subprocess.run(
         [sys.executable, "bench/accuracy.py", "--quick", "--seeds", "2", "--levers", "adam_not_adamw",
-         "--out", str(out)],
+         "--lever-seeds", "1", "--out", str(out)],
         cwd=REPO, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert results["quick"] is True and results["seeds"] == [0, 1]
+    assert results["quick"] is True and results["seeds"] == [0, 1] and results["lever_seeds"] == [0]
     (backbone, record), = results["backbones"].items()
     assert backbone == "resnet50" and set(record["per_seed"]) == {"0", "1"}
     for seed_record in record["per_seed"].values():
@@ -28,10 +28,10 @@ def test_quick_accuracy_bench_runs_the_pipeline_over_seeds_and_a_lever(tmp_path)
         assert 0 <= default["head_test_accuracy"] <= 1 and 0 <= default["fine_tuned_test_accuracy"] <= 1
         assert default["test_images"] == 12 and 0 <= default["fine_tune_kept_epoch"] <= 2
         assert seed_record["linear_probe"]["test_accuracy"] > 0.5, "chance is 0.33 on the three shapes"
-        lever = seed_record["levers"]["adam_not_adamw"]
-        assert set(lever) == set(default)
+    assert set(record["per_seed"]["0"]["levers"]["adam_not_adamw"]) == set(record["per_seed"]["0"]["default"])
+    assert record["per_seed"]["1"]["levers"] == {}, "levers only on the first --lever-seeds seeds"
     summary = record["summary"]
-    assert set(summary["levers"]) == {"adam_not_adamw"}
+    assert set(summary["levers"]) == {"adam_not_adamw"} and summary["levers"]["adam_not_adamw"]["seeds"] == 1
     assert summary["head"]["min"] <= summary["head"]["mean"] <= summary["head"]["max"]
     for name in ("linear_probe", "head", "fine_tuned", "lever adam_not_adamw"):
         assert name in result.stdout, "the table names every row"
