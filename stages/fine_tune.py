@@ -10,7 +10,6 @@ Writes: models/model.keras (+ classes), reports/fine_tune/{history.csv,metrics.j
 """
 
 import logging
-import math
 import sys
 from pathlib import Path
 
@@ -56,8 +55,8 @@ def main() -> None:
     seed, choice, tune, distribute = parse_params(Params.load())
     classes = read_classes(SPLITS)
     setup = runtime(distribute)
-    train_paths, train_labels = read_split(SPLITS, "train", RAW, classes)
-    steps_per_epoch = max(1, math.ceil(len(train_paths) / tune.training.batch_size))
+    splits = {split: read_split(SPLITS, split, RAW, classes) for split in ("train", "val")}
+    train_labels = splits["train"][1]
     with setup.scope():
         extractor = build_feature_extractor(choice)
         # Seed before loading the head: its Dropout layers draw their random seeds as they are created.
@@ -67,13 +66,13 @@ def main() -> None:
             raise DataError(f"{HEAD_MODEL} was trained on other classes than {SPLITS}; re-run train-head")
         model = assemble_classifier(extractor, head)
         unfrozen = unfreeze_top(model, tune.unfreeze)
-        compile_with(model, tune.training, steps_per_epoch)
+        compile_with(model, tune.training, train_examples=len(train_labels))
 
     def labelled(split: str, shuffle_seed: int | None = None):
-        paths, labels = read_split(SPLITS, split, RAW, classes)
+        paths, labels = splits[split]
         return image_dataset(paths, choice.image_size, tune.training.batch_size, labels, len(classes), shuffle_seed)
 
-    validation = labelled("val") if read_split(SPLITS, "val", RAW, classes)[0] else None
+    validation = labelled("val") if len(splits["val"][1]) else None
     rows = []
     if tune.training.epochs:
         # Epoch 0: the assembled model before any step, which is the head as it left train-head. It competes

@@ -7,7 +7,6 @@ fine-tuning added.
 """
 
 import logging
-import math
 import sys
 from pathlib import Path
 
@@ -58,7 +57,7 @@ def main() -> None:
 
     with setup.scope():
         model = build_head(x_train.shape[1], len(store.classes), head.hidden, head.dropout, head.batchnorm)
-        compile_with(model, head.training, steps_per_epoch=math.ceil(len(x_train) / head.training.batch_size))
+        compile_with(model, head.training, train_examples=len(x_train))
     weights = class_weights(train_labels, len(store.classes), head.training.class_weight)
     log.info("train-head: lr %g, batch %d, up to %d epochs on %d %s features", head.training.lr,
              head.training.batch_size, head.training.epochs, len(x_train), store.meta["backbone"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +88,15 @@ def compile_for_training(model, lr, label_smoothing: float = 0.0, optimizer: str
     )
 
 
-def compile_with(model, params: TrainingParams, steps_per_epoch: int) -> None:
-    """:func:`compile_for_training` with a stage's training params (optimizer, schedule, decay, smoothing)."""
+def compile_with(model, params: TrainingParams, train_examples: int) -> None:
+    """:func:`compile_for_training` with a stage's training params (optimizer, schedule, decay, smoothing).
+
+    Args:
+        model: the model to compile.
+        params: the stage's training params.
+        train_examples: how many examples one epoch trains on, which with the batch size sets its steps.
+    """
+    steps_per_epoch = max(1, math.ceil(train_examples / params.batch_size))
     compile_for_training(model, learning_rate(params, steps_per_epoch), params.label_smoothing, params.optimizer,
                          params.weight_decay)
 
@@ -159,7 +167,6 @@ def fit(
     Returns:
         One row per epoch run, with the columns of :data:`HISTORY_COLUMNS` (epoch counts from 1).
     """
-    import keras
     import tensorflow as tf
 
     if isinstance(train, tuple):
@@ -169,7 +176,7 @@ def fit(
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return fit_across_hosts(model, train, validation, params, class_weight, strategy, start)
     monitor = "val_loss" if validation is not None else "loss"
-    keep = _keep_best(keras, monitor, params.patience, start)
+    keep = KeepBest(model, params.patience, start).callback(monitor)
     history = model.fit(
         train, epochs=params.epochs, validation_data=validation, class_weight=class_weight, callbacks=[keep],
         shuffle=False,  # the dataset shuffles itself
@@ -182,36 +189,55 @@ def fit(
     return rows
 
 
-def _keep_best(keras, monitor: str, patience: int, start: float | None):
-    """Early stopping on ``monitor`` (lower is better) that restores the best weights, epoch 0 included.
+class KeepBest:
+    """Early stopping on a loss (lower is better) that restores the best weights, the starting ones included.
 
     Keras' ``EarlyStopping`` only knows the epochs it saw, so a fine-tune whose every epoch is worse than the
-    head it started from would keep its least bad epoch; this one keeps the starting weights then. Same
-    counting as Keras: stop after ``patience`` epochs in a row without a strict improvement.
+    head it started from would keep its least bad epoch; this keeps the starting weights then. Same counting
+    as Keras: stop after ``patience`` epochs in a row without a strict improvement. :func:`fit` runs it as a
+    Keras callback (:meth:`callback`), :func:`fit_across_hosts` calls it from its own loop.
+
+    Args:
+        model: the model being trained.
+        patience: epochs in a row without a lower loss before stopping.
+        start: the loss of the model before its first step (epoch 0), or None.
     """
 
-    class KeepBest(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.best = np.inf if start is None else start
-            self.best_weights = None if start is None else self.model.get_weights()
-            self.wait = 0
+    def __init__(self, model, patience: int, start: float | None = None):
+        self.model, self.patience = model, patience
+        self.best = np.inf if start is None else start
+        self.best_weights = None if start is None else model.get_weights()
+        self.wait = 0
 
-        def on_epoch_end(self, epoch, logs=None):
-            current = (logs or {}).get(monitor)
-            if current is None:
-                return
-            if current < self.best:
-                self.best, self.best_weights, self.wait = current, self.model.get_weights(), 0
-                return
-            self.wait += 1
-            if self.wait >= patience:
-                self.model.stop_training = True
+    def update(self, current: float) -> bool:
+        """Record one epoch's loss; True when training should stop."""
+        if current < self.best:
+            self.best, self.best_weights, self.wait = current, self.model.get_weights(), 0
+            return False
+        self.wait += 1
+        return self.wait >= self.patience
 
-        def on_train_end(self, logs=None):
-            if self.best_weights is not None:
-                self.model.set_weights(self.best_weights)
+    def restore(self) -> None:
+        """Put the best weights seen back into the model."""
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
 
-    return KeepBest()
+    def callback(self, monitor: str):
+        """This rule as a Keras callback on the logged ``monitor``."""
+        import keras
+
+        rule = self
+
+        class Callback(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                current = (logs or {}).get(monitor)
+                if current is not None and rule.update(current):
+                    self.model.stop_training = True
+
+            def on_train_end(self, logs=None):
+                rule.restore()
+
+        return Callback()
 
 
 class _AcrossHosts:
@@ -293,7 +319,7 @@ def fit_across_hosts(
             model.optimizer.build(model.trainable_variables)
     loop = _AcrossHosts(model, strategy, class_weight)
     rows: list[dict[str, Any]] = []
-    best, best_weights, wait = (np.inf, None, 0) if start is None else (start, model.get_weights(), 0)
+    keep = KeepBest(model, params.patience, start)
     for number in range(1, params.epochs + 1):
         loss, accuracy = loop.epoch(loop.train_step, train)
         row = {"epoch": number, "loss": loss, "accuracy": accuracy, "val_loss": None, "val_accuracy": None}
@@ -302,14 +328,9 @@ def fit_across_hosts(
         rows.append(row)
         log.info("epoch %d/%d: %s", number, params.epochs,
                  ", ".join(f"{key} {value:.4f}" for key, value in row.items() if key != "epoch" and value is not None))
-        monitored = row["val_loss" if validation is not None else "loss"]
-        wait += 1
-        if monitored < best:
-            best, best_weights, wait = monitored, model.get_weights(), 0
-        elif wait >= params.patience:
+        if keep.update(row["val_loss" if validation is not None else "loss"]):
             break
-    if best_weights is not None:
-        model.set_weights(best_weights)
+    keep.restore()
     return rows
 
 

@@ -129,6 +129,6 @@ def test_adamw_is_compiled_with_its_weight_decay():
     params = TrainingParams(lr=1e-3, epochs=1, batch_size=8, patience=1, label_smoothing=0.1, class_weight="none",
                             optimizer="adamw", weight_decay=1e-4)
     head = build_head(4, 2, [], 0.0, False)
-    compile_with(head, params, steps_per_epoch=3)
+    compile_with(head, params, train_examples=24)
     assert type(head.optimizer).__name__ == "AdamW" and head.optimizer.weight_decay == pytest.approx(1e-4)
     assert head.loss.label_smoothing == pytest.approx(0.1)
