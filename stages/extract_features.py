@@ -1,6 +1,7 @@
 """extract-features: run the frozen backbone once over every split and cache its pooled features.
 
-Reads params: backbone, weights, image_size, features.batch_size, features.dtype, strategy, mixed_precision.
+Reads params: backbone, weights, image_size, features.batch_size, features.dtype, features.mirror, strategy,
+mixed_precision.
 Writes: data/features/ ({split}_features.npy, {split}_labels.npy, meta.json)
 """
 
@@ -29,11 +30,12 @@ def main() -> dict:
     splits = {split: read_split(SPLITS, split, RAW, classes) for split in SPLIT_NAMES}
     setup = runtime(distribute)
     with setup.scope():
-        extractor = build_feature_extractor(choice)
+        extractor = build_feature_extractor(choice, mirror=features.mirror)
     meta = {
         "backbone": choice.spec.name,
         "weights": choice.weights if choice.weights in ("imagenet", None) else Path(choice.weights).name,
         "image_size": list(choice.image_size),
+        "mirror": features.mirror,
         "classes": classes,
     }
     return extract_features(extractor, choice.image_size, splits, FEATURES, features.batch_size, features.dtype, meta,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this file as a script.
 
-from transfer.backbones import BackboneChoice, build_feature_extractor, resolve
+from transfer.backbones import BackboneChoice, build_views, resolve
 from transfer.datasets import image_dataset, read_classes, read_split
 from transfer.distribute import runtime
 from transfer.errors import DataError
@@ -46,27 +46,32 @@ from transfer.training import (
 log = logging.getLogger("fine-tune")
 
 
-def parse_params(params: Params) -> tuple[int, BackboneChoice, FineTuneParams, DistributeParams]:
+def parse_params(params: Params) -> tuple[int, BackboneChoice, bool, FineTuneParams, DistributeParams]:
     backbone = resolve(read_backbone(params), params.source)
-    return params.int("seed"), backbone, read_fine_tune(params), read_distribute(params)
+    return (params.int("seed"), backbone, params.bool("features.mirror"), read_fine_tune(params),
+            read_distribute(params))
 
 
 def main() -> None:
-    seed, choice, tune, distribute = parse_params(Params.load())
+    seed, choice, mirror, tune, distribute = parse_params(Params.load())
     classes = read_classes(SPLITS)
     setup = runtime(distribute)
     splits = {split: read_split(SPLITS, split, RAW, classes) for split in ("train", "val")}
     train_labels = splits["train"][1]
     with setup.scope():
-        extractor = build_feature_extractor(choice)
+        extractor, single_view = build_views(choice, mirror)
         # Seed before loading the head: its Dropout layers draw their random seeds as they are created.
         set_determinism(seed)
         head, head_classes = load_model(HEAD_MODEL)
         if head_classes != classes:
             raise DataError(f"{HEAD_MODEL} was trained on other classes than {SPLITS}; re-run train-head")
         model = assemble_classifier(extractor, head)
+        # What the steps train: the same layers (and weights) as the model, one view per image.
+        trained = assemble_classifier(single_view, head) if mirror else model
         unfrozen = unfreeze_top(model, tune.unfreeze)
-        compile_with(model, tune.training, train_examples=len(train_labels))
+        compile_with(trained, tune.training, train_examples=len(train_labels))
+        if trained is not model:
+            compile_with(model, tune.training, train_examples=len(train_labels))  # for scoring only
 
     def labelled(split: str, shuffle_seed: int | None = None):
         paths, labels = splits[split]
@@ -91,8 +96,8 @@ def main() -> None:
                  "head, %s at lr %g (%s schedule), up to %d epochs", len(unfrozen), unfrozen[0] if unfrozen else "-",
                  tune.training.optimizer, tune.training.lr, tune.training.schedule, tune.training.epochs)
         weights = class_weights(train_labels, len(classes), tune.training.class_weight)
-        rows += fit(model, train, validation, tune.training, weights, strategy=setup.strategy,
-                    start=rows[0]["val_loss"] if rows else None)
+        rows += fit(trained, train, validation, tune.training, weights, strategy=setup.strategy,
+                    start=rows[0]["val_loss"] if rows else None, scorer=None if trained is model else model)
         kept = best_epoch(rows)
         log.info("fine-tune: kept epoch %d of %d%s", kept, len(rows) - (1 if validation is not None else 0),
                  " (the head as it came: no epoch lowered the validation loss)" if kept == 0 else "")

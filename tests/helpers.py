@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from transfer.backbones import MIRROR_LAYER
+
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO.parent / "shared" / "assets"
 FLOWERS_ARCHIVE = ASSETS / "flower_photos_mini.tgz"
@@ -165,11 +167,12 @@ def add_dirty_files(root: Path) -> dict[str, str]:
     return {path: reason for path, (_, reason) in bad.items()}
 
 
-def tiny_classifier(num_classes: int = 3, size: int = 32, seed: int = 0):
+def tiny_classifier(num_classes: int = 3, size: int = 32, seed: int = 0, mirror: bool = False):
     """A small classifier laid out like the pipeline's (resize, preprocessing, ``backbone``, ``head``).
 
     Its random convolutions still tell images apart, unlike a randomly initialised MobileNet, and it exports
-    in seconds; the predict, export and Grad-CAM code sees the same structure as in a real model.
+    in seconds; the predict, export and Grad-CAM code sees the same structure as in a real model. With
+    ``mirror``, the backbone's features are averaged with its mirror's, as ``features.mirror`` builds it.
     """
     import keras
 
@@ -183,7 +186,11 @@ def tiny_classifier(num_classes: int = 3, size: int = 32, seed: int = 0):
     image = keras.Input((None, None, 3), name="image")
     x = keras.layers.Resizing(size, size, name="resize")(image)
     x = keras.layers.Rescaling(1 / 127.5, offset=-1)(x)
-    return keras.Model(image, head(backbone(x, training=False)), name="classifier")
+    features = backbone(x, training=False)
+    if mirror:
+        mirrored = backbone(keras.ops.flip(x, axis=2), training=False)
+        features = keras.layers.Average(name=MIRROR_LAYER)([features, mirrored])
+    return keras.Model(image, head(features), name="classifier")
 
 
 def local_cluster(count: int) -> list[str]:

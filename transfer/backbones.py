@@ -206,12 +206,31 @@ def preprocess(x, preprocessing: str):
     raise ValueError(f"unknown preprocessing {preprocessing!r}; expected one of {PREPROCESSING}")
 
 
-def build_feature_extractor(choice: BackboneChoice):
+MIRROR_LAYER = "mirror_average"
+
+
+def build_feature_extractor(choice: BackboneChoice, mirror: bool = False):
     """Raw RGB images of any size in, pooled backbone features out.
 
     Resizing and the backbone's own preprocessing are layers of the model, and the backbone runs with
     ``training=False`` so that its BatchNormalization layers always use their ImageNet statistics.
     Building reseeds the global random generators; seed the stage after it.
+
+    Args:
+        choice: the backbone, weights and size.
+        mirror: average the pooled features of each image and of its horizontal mirror (one backbone run
+            twice, layer :data:`MIRROR_LAYER`): features, and any model built on them, that do not change
+            when the photo is flipped. Twice the forward passes.
+    """
+    return build_views(choice, mirror)[0]
+
+
+def build_views(choice: BackboneChoice, mirror: bool):
+    """(extractor, single-view extractor): :func:`build_feature_extractor`'s model, and one sharing all of its
+    layers that runs the backbone on the image as given (the same model when ``mirror`` is off).
+
+    Fine-tuning trains through the single view, on randomly flipped images, and scores and saves the
+    mirror-averaged model: half the cost of a training step through both views, the same weights.
     """
     import keras
 
@@ -220,5 +239,12 @@ def build_feature_extractor(choice: BackboneChoice):
     inputs = keras.Input((None, None, 3), name="image")
     x = keras.layers.Resizing(*choice.image_size, name="resize")(inputs)
     x = preprocess(x, choice.spec.preprocessing)
-    features = build_backbone(choice)(x, training=False)
-    return keras.Model(inputs, features, name=f"{choice.spec.name}_features")
+    backbone = build_backbone(choice)
+    features = backbone(x, training=False)
+    single = keras.Model(inputs, features, name=f"{choice.spec.name}_features")
+    if not mirror:
+        return single, single
+    # keras.ops.flip is saved as an operation of the functional graph: the model still loads with Keras alone.
+    mirrored = backbone(keras.ops.flip(x, axis=2), training=False)
+    averaged = keras.layers.Average(name=MIRROR_LAYER)([features, mirrored])
+    return keras.Model(inputs, averaged, name=f"{choice.spec.name}_mirror_features"), single

@@ -1,7 +1,8 @@
 """Grad-CAM: where in the image the classifier looked (Selvaraju et al., 2017).
 
 The heatmap is the backbone's last convolutional feature map, each channel weighted by the mean gradient of
-the class's log-probability with respect to it, rectified, and resized back onto the image.
+the class's log-probability with respect to it, rectified, and resized back onto the image. A classifier that
+averages each image with its mirror gets the sum of both views' maps, the mirror's flipped back.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
+from transfer.backbones import MIRROR_LAYER
 from transfer.heads import HEAD_LAYER
 from transfer.models import backbone_of
 
 
 def _gradcam_parts(model):
-    """(layers before the backbone, backbone to [last feature map, pooled features], head) of a classifier."""
+    """(layers before the backbone, backbone to [last feature map, pooled features], head, whether the
+    classifier averages each image with its mirror)."""
     import keras
 
     backbone = backbone_of(model)
@@ -24,8 +27,10 @@ def _gradcam_parts(model):
     if not pooling:
         raise ValueError(f"backbone {backbone.name} has no global average pooling to explain")
     to_maps = keras.Model(backbone.inputs, [pooling[-1].input, backbone.output])
-    before = [layer for layer in model.layers[1:] if layer is not backbone and layer.name != HEAD_LAYER]
-    return before, to_maps, model.get_layer(HEAD_LAYER)
+    after = (HEAD_LAYER, MIRROR_LAYER)
+    before = [layer for layer in model.layers[1:] if layer is not backbone and layer.name not in after]
+    mirror = any(layer.name == MIRROR_LAYER for layer in model.layers)
+    return before, to_maps, model.get_layer(HEAD_LAYER), mirror
 
 
 def gradcam(model, image: np.ndarray, class_index: int | None = None) -> tuple[np.ndarray, int, np.ndarray]:
@@ -41,20 +46,27 @@ def gradcam(model, image: np.ndarray, class_index: int | None = None) -> tuple[n
     """
     import tensorflow as tf
 
-    before, to_maps, head = _gradcam_parts(model)
+    before, to_maps, head, mirror = _gradcam_parts(model)
     x = tf.convert_to_tensor(image[None], tf.float32)
     for layer in before:  # resize and the backbone's preprocessing, as in the model itself
         x = layer(x)
+    views = [x, tf.reverse(x, axis=[2])] if mirror else [x]
     with tf.GradientTape() as tape:
-        maps, pooled = to_maps(x, training=False)
-        tape.watch(maps)
+        outputs = [to_maps(view, training=False) for view in views]
+        maps = [view_maps for view_maps, _ in outputs]
+        for view_maps in maps:
+            tape.watch(view_maps)
+        pooled = tf.add_n([view_pooled for _, view_pooled in outputs]) / len(outputs)
         probabilities = head(pooled, training=False)
         chosen = int(tf.argmax(probabilities[0])) if class_index is None else class_index
         score = tf.math.log(probabilities[0, chosen] + 1e-12)
-    gradients = tape.gradient(score, maps)
-    weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
-    cam = tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1))[0]
-    cam = tf.image.resize(cam[..., None], image.shape[:2], method="bilinear")[..., 0].numpy()
+    cams = []
+    for view_maps, gradients in zip(maps, tape.gradient(score, maps), strict=True):
+        weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+        cams.append(tf.nn.relu(tf.reduce_sum(weights * view_maps, axis=-1))[0])
+    if mirror:
+        cams[1] = tf.reverse(cams[1], axis=[1])  # back onto the image as given
+    cam = tf.image.resize(tf.add_n(cams)[..., None], image.shape[:2], method="bilinear")[..., 0].numpy()
     peak = cam.max()
     return (cam / peak if peak > 0 else cam), chosen, probabilities[0].numpy()
 

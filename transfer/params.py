@@ -207,8 +207,17 @@ class SplitParams:
 
 @dataclass(frozen=True)
 class FeatureParams:
+    """How the bottleneck features are computed and stored.
+
+    Attributes:
+        batch_size: images per forward pass.
+        dtype: the stored dtype, ``float16`` or ``float32``.
+        mirror: each image's features averaged with its horizontal mirror's, in the cache and in the saved model.
+    """
+
     batch_size: int
     dtype: str
+    mirror: bool = False
 
 
 @dataclass(frozen=True)
@@ -318,6 +327,7 @@ def read_features(params: Params) -> FeatureParams:
     return FeatureParams(
         batch_size=params.int("features.batch_size", minimum=1),
         dtype=params.choice("features.dtype", FEATURE_DTYPES),
+        mirror=params.bool("features.mirror"),
     )
 
 

@@ -148,6 +148,7 @@ def fit(
     shuffle_seed: int = 0,
     strategy=None,
     start: float | None = None,
+    scorer=None,
 ) -> list[dict[str, Any]]:
     """Train with early stopping on validation loss that restores the best epoch's weights.
 
@@ -163,6 +164,8 @@ def fit(
             trains instead, to the same rules.
         start: the monitored loss of the model before its first step (epoch 0), or None. Given, epoch 0 competes
             with the trained epochs: when none beats it, the model leaves exactly as it came.
+        scorer: a compiled model sharing ``model``'s weights that scores validation in its place, or None. Fine-
+            tuning trains the single view of a mirror-averaging classifier and scores the classifier itself.
 
     Returns:
         One row per epoch run, with the columns of :data:`HISTORY_COLUMNS` (epoch counts from 1).
@@ -174,11 +177,15 @@ def fit(
     if isinstance(validation, tuple):
         validation = array_dataset(validation, params.batch_size)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return fit_across_hosts(model, train, validation, params, class_weight, strategy, start)
+        return fit_across_hosts(model, train, validation, params, class_weight, strategy, start, scorer)
     monitor = "val_loss" if validation is not None else "loss"
-    keep = KeepBest(model, params.patience, start).callback(monitor)
+    callbacks = [KeepBest(model, params.patience, start).callback(monitor)]
+    if scorer is not None and validation is not None:
+        # Before early stopping, and before Keras' own History and progress bar, which read the same logs.
+        callbacks.insert(0, _validation_by(scorer, validation, params.batch_size))
     history = model.fit(
-        train, epochs=params.epochs, validation_data=validation, class_weight=class_weight, callbacks=[keep],
+        train, epochs=params.epochs, validation_data=validation if scorer is None else None,
+        class_weight=class_weight, callbacks=callbacks,
         shuffle=False,  # the dataset shuffles itself
         verbose=2,
     ).history
@@ -187,6 +194,20 @@ def fit(
         row = {column: history[column][epoch] if column in history else None for column in HISTORY_COLUMNS}
         rows.append({**row, "epoch": epoch + 1})
     return rows
+
+
+def _validation_by(scorer, validation, batch_size: int):
+    """A Keras callback that scores ``validation`` with ``scorer`` after each epoch, as the epoch's
+    ``val_loss`` and ``val_accuracy``."""
+    import keras
+
+    class Callback(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            result = score(scorer, validation, batch_size)
+            if logs is not None:
+                logs.update({"val_loss": result["loss"], "val_accuracy": result["accuracy"]})
+
+    return Callback()
 
 
 class KeepBest:
@@ -306,7 +327,7 @@ class _AcrossHosts:
 
 def fit_across_hosts(
     model, train, validation, params: TrainingParams, class_weight: dict[int, float] | None, strategy,
-    start: float | None = None,
+    start: float | None = None, scorer=None,
 ) -> list[dict[str, Any]]:
     """:func:`fit` for a model built under ``MultiWorkerMirroredStrategy``: a training loop of its own.
 
@@ -318,13 +339,14 @@ def fit_across_hosts(
         with strategy.scope():
             model.optimizer.build(model.trainable_variables)
     loop = _AcrossHosts(model, strategy, class_weight)
+    scoring = loop if scorer is None else _AcrossHosts(scorer, strategy)
     rows: list[dict[str, Any]] = []
     keep = KeepBest(model, params.patience, start)
     for number in range(1, params.epochs + 1):
         loss, accuracy = loop.epoch(loop.train_step, train)
         row = {"epoch": number, "loss": loss, "accuracy": accuracy, "val_loss": None, "val_accuracy": None}
         if validation is not None:
-            row["val_loss"], row["val_accuracy"] = loop.epoch(loop.score_step, validation)
+            row["val_loss"], row["val_accuracy"] = scoring.epoch(scoring.score_step, validation)
         rows.append(row)
         log.info("epoch %d/%d: %s", number, params.epochs,
                  ", ".join(f"{key} {value:.4f}" for key, value in row.items() if key != "epoch" and value is not None))

@@ -5,7 +5,15 @@ import importlib
 import numpy as np
 import pytest
 
-from transfer.backbones import REGISTRY, BackboneChoice, build_backbone, build_feature_extractor, resolve
+from transfer.backbones import (
+    BACKBONE_LAYER,
+    REGISTRY,
+    BackboneChoice,
+    build_backbone,
+    build_feature_extractor,
+    build_views,
+    resolve,
+)
 from transfer.errors import ParamError
 from transfer.params import BackboneParams
 
@@ -86,3 +94,20 @@ def test_random_weights_are_the_same_every_build():
     first = build_feature_extractor(choice)(images)
     second = build_feature_extractor(choice)(images)
     np.testing.assert_array_equal(np.asarray(first), np.asarray(second))
+
+
+def test_the_mirror_extractor_averages_both_views_and_ignores_a_flip():
+    choice = resolve(BackboneParams("mobilenetv2_0.35", "none", (32, 32)))
+    extractor, single = build_views(choice, mirror=True)
+    assert extractor.get_layer(BACKBONE_LAYER) is single.get_layer(BACKBONE_LAYER), "one backbone, two views"
+    images = np.random.default_rng(2).uniform(0, 255, (3, 40, 36, 3)).astype("float32")
+    flipped = images[:, :, ::-1]
+    one, other = np.asarray(single(images)), np.asarray(single(flipped))
+    scale = np.abs(one).max()  # a random MobileNet's features are tiny
+    features = np.asarray(extractor(images))
+    np.testing.assert_allclose(np.asarray(extractor(flipped)), features, atol=1e-5 * scale)
+    np.testing.assert_allclose(features, (one + other) / 2, atol=1e-5 * scale)
+    assert np.abs(one - other).max() > 1e-2 * scale, "one view alone tells a photo from its mirror"
+    plain, same = build_views(choice, mirror=False)
+    assert plain is same
+    np.testing.assert_array_equal(np.asarray(plain(images)), np.asarray(single(images)))

@@ -85,3 +85,16 @@ def test_gradcam_finds_the_feature_map_of_every_backbone_family(name):
     image = np.random.default_rng(0).uniform(0, 255, (50, 70, 3)).astype(np.float32)
     heatmap, _, _ = gradcam(model, image)
     assert heatmap.shape == (50, 70) and np.isfinite(heatmap).all() and heatmap.min() >= 0
+
+
+def test_a_mirror_averaging_classifier_is_explained_through_both_views():
+    model = tiny_classifier(mirror=True)
+    rng = np.random.default_rng(3)
+    image = rng.uniform(0, 255, (40, 60, 3)).astype(np.float32)
+    heatmap, explained, probabilities = gradcam(model, image)
+    np.testing.assert_allclose(probabilities, model.predict(image[None], verbose=0)[0], atol=1e-5)
+    assert explained == int(np.argmax(probabilities)) and heatmap.shape == (40, 60)
+    # The model cannot tell a photo from its mirror, so the map of the mirror is the map mirrored.
+    flipped, flipped_explained, _ = gradcam(model, image[:, ::-1].copy())
+    assert flipped_explained == explained
+    np.testing.assert_allclose(flipped, heatmap[:, ::-1], atol=1e-4)

@@ -108,3 +108,14 @@ def test_bad_requests_are_clear_errors(trained, tmp_path, fmt, quantize, images,
     model_path, shapes = trained
     with pytest.raises(DataError, match=match):
         export_model(model_path, fmt, quantize, tmp_path / "out", shapes if images else [])
+
+
+def test_a_mirror_averaging_model_exports_and_still_ignores_a_flip(tmp_path, shapes_folder):
+    save_model(tiny_classifier(mirror=True), tmp_path / "model.keras", CLASSES)
+    images = sorted(shapes_folder.rglob("*.*"))[:12]
+    report = export_model(tmp_path / "model.keras", "tflite", "none", tmp_path / "model.tflite", images)
+    assert report["top1_agreement"] == 1.0
+    resized = np.stack([load_image(str(path), (32, 32)).numpy() for path in images])
+    fresh = _fresh(FRESH_TFLITE, tmp_path / "model.tflite", np.concatenate([resized, resized[:, :, ::-1]]), tmp_path)
+    np.testing.assert_allclose(fresh[:12], _keras(tmp_path / "model.keras", resized), atol=1e-5)
+    np.testing.assert_allclose(fresh[12:], fresh[:12], atol=1e-5)

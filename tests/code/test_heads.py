@@ -132,3 +132,29 @@ def test_adamw_is_compiled_with_its_weight_decay():
     compile_with(head, params, train_examples=24)
     assert type(head.optimizer).__name__ == "AdamW" and head.optimizer.weight_decay == pytest.approx(1e-4)
     assert head.loss.label_smoothing == pytest.approx(0.1)
+
+
+def test_a_scorer_sharing_the_weights_scores_validation_in_place_of_the_trained_model():
+    """Fine-tuning trains one view of a mirror-averaging classifier and keeps the epoch the classifier scores best."""
+    import keras
+
+    set_determinism(0)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16)) * 3
+    labels = rng.integers(0, 3, size=240)
+    features = (centres[labels] + rng.normal(size=(240, 16))).astype("float32")
+    one_hot = np.eye(3, dtype="float32")[labels]
+    head = build_head(16, 3, [], 0.0, False)
+    inputs = keras.Input((16,))
+    scorer = keras.Model(inputs, head(inputs * 0.5))  # the same weights, seen through another input
+    compile_for_training(head, 1e-2, 0.0)
+    compile_for_training(scorer, 1e-2, 0.0)
+    validation = (features[200:], one_hot[200:])
+    params = TrainingParams(lr=1e-2, epochs=6, batch_size=16, patience=2, label_smoothing=0.0, class_weight="none")
+    rows = fit(head, (features[:200], one_hot[:200]), validation, params, None, scorer=scorer)
+    kept = scorer.evaluate(*validation, verbose=0, return_dict=True)
+    assert kept["loss"] == pytest.approx(min(row["val_loss"] for row in rows), rel=1e-4)
+    best = min(rows, key=lambda row: row["val_loss"])
+    assert kept["accuracy"] == pytest.approx(best["val_accuracy"])
+    own = head.evaluate(*validation, verbose=0, return_dict=True)["loss"]
+    assert abs(own - kept["loss"]) > 1e-3, "the rows are the scorer's, not the trained model's"

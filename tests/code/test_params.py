@@ -191,6 +191,7 @@ def test_params_rewritten_by_dvc_set_param_read_as_dvc_reads_them(default_params
         "split.val": read_split(params).val,
         "split.test": read_split(params).test,
         "features.batch_size": read_features(params).batch_size,
+        "features.mirror": read_features(params).mirror,
     }
     head, tune = read_head(params), read_fine_tune(params)
     sections = {"head": asdict(head.training), "fine_tune": asdict(tune.training),
