@@ -42,6 +42,8 @@ SHARED_WEIGHTS = {
 # Each lever of the fine-tuning recipe and the alternative it is measured against: the default's params
 # switched to these. A lever that the defaults leave off is measured by switching it on.
 LEVERS: dict[str, dict[str, object]] = {
+    "no_mirror_averaging": {"features.mirror": False},
+    "head_dropout_0.2_not_0.5": {"head.dropout": 0.2},
     "unfreeze_all_not_top_20": {"fine_tune.unfreeze": "all"},
     "constant_lr_no_warmup_cosine": {"fine_tune.schedule": "constant", "fine_tune.warmup_epochs": 0},
     "adam_not_adamw": {"fine_tune.optimizer": "adam"},
@@ -158,8 +160,11 @@ def summarise(per_seed: dict[int, dict]) -> dict[str, object]:
         measured = [r for r in runs if lever in r["levers"]]
         switched = [r["levers"][lever]["fine_tuned_test_accuracy"] for r in measured]
         deltas = [r["default"]["fine_tuned_test_accuracy"] - s for r, s in zip(measured, switched, strict=True)]
+        heads = [r["levers"][lever]["head_test_accuracy"] for r in measured]
+        head_deltas = [r["default"]["head_test_accuracy"] - h for r, h in zip(measured, heads, strict=True)]
         levers[lever] = {"seeds": len(measured), "fine_tuned": summary(switched),
-                         "default_minus_switched": summary(deltas)}
+                         "default_minus_switched": summary(deltas), "head": summary(heads),
+                         "head_default_minus_switched": summary(head_deltas)}
     table["levers"] = levers
     return table
 
@@ -176,7 +181,8 @@ def print_table(results: dict) -> None:
         for lever, row in table["levers"].items():
             delta = row["default_minus_switched"]
             print(f"  lever {lever:28} {row['fine_tuned']['mean']:.4f}  (defaults {delta['mean']:+.4f}, "
-                  f"per seed [{delta['min']:+.4f}, {delta['max']:+.4f}], {row['seeds']} seed(s))")
+                  f"per seed [{delta['min']:+.4f}, {delta['max']:+.4f}], {row['seeds']} seed(s)); "
+                  f"head {row['head']['mean']:.4f} (defaults {row['head_default_minus_switched']['mean']:+.4f})")
 
 
 def write_json_whole(path: Path, value: dict) -> None:

@@ -44,7 +44,7 @@ def test_the_summary_spans_seeds_and_counts_levers_on_the_seeds_that_measured_th
 
     per_seed = {
         0: {"default": _run(0.86, 0.84), "linear_probe": {"test_accuracy": 0.88},
-            "levers": {"adam_not_adamw": _run(0.84, 0.84)}},
+            "levers": {"adam_not_adamw": _run(0.84, 0.83)}},
         1: {"default": _run(0.80, 0.82), "linear_probe": {"test_accuracy": 0.86}, "levers": {}},
     }
     table = summarise(per_seed)
@@ -52,6 +52,7 @@ def test_the_summary_spans_seeds_and_counts_levers_on_the_seeds_that_measured_th
     assert table["fine_tuned_at_least_head_every_seed"] is False
     lever = table["levers"]["adam_not_adamw"]
     assert lever["seeds"] == 1 and lever["default_minus_switched"]["mean"] == pytest.approx(0.02)
+    assert lever["head"]["mean"] == 0.83 and lever["head_default_minus_switched"]["mean"] == pytest.approx(0.01)
 
 
 def test_a_bad_lever_is_one_line():
