@@ -1,9 +1,13 @@
 """train-head: train the classifier head on the cached bottleneck features (seconds, not minutes).
 
+With ``head.search: N`` it tries N settings (the params as written, then N - 1 drawn around them: learning
+rate, dropout, hidden width, label smoothing, weight decay), each trained with early stopping, and keeps the
+one with the lowest validation cross-entropy.
+
 Reads params: seed, head.*, strategy, mixed_precision.
-Writes: models/head.keras (+ classes), reports/head/{history.csv,metrics.json,curves.png}; the metrics hold
-the head's validation figures and its accuracy on the cached test features, so every run shows what
-fine-tuning added.
+Writes: models/head.keras (+ classes), reports/head/{history.csv,metrics.json,curves.png,search.csv}; the
+metrics hold the head's validation figures, its accuracy on the cached test features (so every run shows what
+fine-tuning added) and the setting kept; search.csv holds every trial (one row without a search).
 """
 
 import logging
@@ -15,10 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this fi
 import numpy as np
 
 from transfer.distribute import runtime
+from transfer.errors import ParamError
 from transfer.features import FeatureStore
-from transfer.heads import build_head
-from transfer.io import write_json
-from transfer.layout import CURVES, FEATURES, HEAD_MODEL, HEAD_REPORTS, HISTORY, STAGE_METRICS
+from transfer.heads import build_head, search_settings, setting_row
+from transfer.io import write_csv, write_json
+from transfer.layout import CURVES, FEATURES, HEAD_MODEL, HEAD_REPORTS, HISTORY, SEARCH, STAGE_METRICS
 from transfer.models import save_model
 from transfer.params import DistributeParams, HeadParams, Params, read_distribute, read_head
 from transfer.reports import plot_history
@@ -46,31 +51,61 @@ def as_training_arrays(store: FeatureStore, split: str) -> tuple[np.ndarray, np.
     return np.asarray(features, dtype=np.float32), np.eye(len(store.classes), dtype=np.float32)[labels], labels
 
 
+def plain_validation(model, features: np.ndarray, labels: np.ndarray, batch_size: int = 1024) -> dict[str, float]:
+    """Cross-entropy (without label smoothing) and accuracy on validation: one yardstick for every search trial,
+    whatever label smoothing each was trained with."""
+    probabilities = np.concatenate([np.asarray(model(features[start:start + batch_size], training=False))
+                                    for start in range(0, len(features), batch_size)])
+    picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0)
+    return {"loss": float(-np.log(picked).mean()), "accuracy": float((probabilities.argmax(axis=1) == labels).mean())}
+
+
 def main() -> None:
     seed, head, distribute = parse_params(Params.load())
     setup = runtime(distribute)
-    set_determinism(seed)
     store = FeatureStore(FEATURES)
     x_train, y_train, train_labels = as_training_arrays(store, "train")
-    x_val, y_val, _ = as_training_arrays(store, "val")
+    x_val, y_val, val_labels = as_training_arrays(store, "val")
     validation = (x_val, y_val) if len(x_val) else None
-
-    with setup.scope():
-        model = build_head(x_train.shape[1], len(store.classes), head.hidden, head.dropout, head.batchnorm)
-        compile_with(model, head.training, train_examples=len(x_train))
+    if head.search > 1 and validation is None:
+        raise ParamError(f"head.search = {head.search} is invalid here: the search chooses on the validation "
+                         "split, and split.val is 0; set head.search to 0 or split.val above 0")
     weights = class_weights(train_labels, len(store.classes), head.training.class_weight)
-    log.info("train-head: lr %g, batch %d, up to %d epochs on %d %s features", head.training.lr,
-             head.training.batch_size, head.training.epochs, len(x_train), store.meta["backbone"])
-    rows = fit(model, (x_train, y_train), validation, head.training, weights, shuffle_seed=seed,
-               strategy=setup.strategy)
+    settings = search_settings(head, head.search, seed)
+    trials, best = [], None
+    for number, setting in enumerate(settings):
+        set_determinism(seed)
+        with setup.scope():
+            model = build_head(x_train.shape[1], len(store.classes), setting.hidden, setting.dropout,
+                               setting.batchnorm)
+            compile_with(model, setting.training, train_examples=len(x_train))
+        log.info("train-head: %slr %g, batch %d, up to %d epochs on %d %s features",
+                 f"trial {number + 1}/{len(settings)}: {setting_row(setting)}; " if len(settings) > 1 else "",
+                 setting.training.lr, setting.training.batch_size, setting.training.epochs, len(x_train),
+                 store.meta["backbone"])
+        rows = fit(model, (x_train, y_train), validation, setting.training, weights, shuffle_seed=seed,
+                   strategy=setup.strategy)
+        judged = plain_validation(model, x_val, val_labels) if validation is not None else {}
+        trials.append({"trial": number, **setting_row(setting), "epochs_run": len(rows),
+                       "best_epoch": best_epoch(rows), "val_loss": judged.get("loss"),
+                       "val_accuracy": judged.get("accuracy"), "kept": 0})
+        # The lowest validation cross-entropy wins; the params as written (trial 0) win ties.
+        if best is None or (judged and judged["loss"] < trials[best[0]]["val_loss"]):
+            best = (number, model, rows, setting)
+    chosen, model, rows, setting = best
+    trials[chosen]["kept"] = 1
+    if len(settings) > 1:
+        log.info("train-head: kept trial %d of %d: %s (validation cross-entropy %.4f)", chosen + 1, len(settings),
+                 setting_row(setting), trials[chosen]["val_loss"])
 
     save_model(model, HEAD_MODEL, store.classes)
     write_history(HEAD_REPORTS / HISTORY, rows)
+    write_csv(HEAD_REPORTS / SEARCH, list(trials[0]), ([trial[key] for key in trials[0]] for trial in trials))
     plot_history(rows, HEAD_REPORTS / CURVES, f"Head on cached {store.meta['backbone']} features")
-    scored = score(model, validation or (x_train, y_train), head.training.batch_size, setup.strategy)
+    scored = score(model, validation or (x_train, y_train), setting.training.batch_size, setup.strategy)
     # The head alone on the cached test features: beside reports/metrics.json, what fine-tuning added.
     x_test, y_test, _ = as_training_arrays(store, "test")
-    tested = score(model, (x_test, y_test), head.training.batch_size, setup.strategy) if len(x_test) else {}
+    tested = score(model, (x_test, y_test), setting.training.batch_size, setup.strategy) if len(x_test) else {}
     kept = best_epoch(rows)
     log.info("train-head: kept epoch %d of %d: val_accuracy %.4f, val_loss %.4f%s", kept, len(rows),
              scored["accuracy"], scored["loss"],
@@ -82,6 +117,14 @@ def main() -> None:
         "test_loss": tested.get("loss"),
         "best_epoch": kept,
         "epochs_run": len(rows),
+        # The setting kept (the params as written, unless head.search found a better one), as numbers.
+        "search_trials": len(settings),
+        "chosen_trial": chosen,
+        "chosen_lr": setting.training.lr,
+        "chosen_dropout": setting.dropout,
+        "chosen_hidden_width": setting.hidden[0] if setting.hidden else 0,
+        "chosen_label_smoothing": setting.training.label_smoothing,
+        "chosen_weight_decay": trials[chosen]["weight_decay"],
     })
 
 

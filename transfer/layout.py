@@ -22,6 +22,7 @@ TRACKING_RECORD = REPORTS / "tracking.json"  # the MLflow run evaluate logged
 HISTORY = "history.csv"
 STAGE_METRICS = "metrics.json"
 CURVES = "curves.png"
+SEARCH = "search.csv"  # reports/head: every head.search trial
 
 
 def is_hidden(name: str) -> bool:

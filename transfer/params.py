@@ -252,10 +252,21 @@ class TrainingParams:
 
 @dataclass(frozen=True)
 class HeadParams:
+    """The head's layout and fitting.
+
+    Attributes:
+        hidden: widths of the hidden Dense layers.
+        dropout: the dropout rate after each hidden layer, or on the features when there is none.
+        batchnorm: normalise the features first.
+        training: how it is fitted.
+        search: settings to try on the validation split, these first (0 or 1: these only).
+    """
+
     hidden: tuple[int, ...]
     dropout: float
     batchnorm: bool
     training: TrainingParams
+    search: int = 0
 
 
 @dataclass(frozen=True)
@@ -353,6 +364,7 @@ def read_head(params: Params) -> HeadParams:
         dropout=params.number("head.dropout", 0.0, 1.0, high_open=True),
         batchnorm=params.bool("head.batchnorm"),
         training=read_training(params, "head", min_epochs=1),
+        search=params.int("head.search", minimum=0),
     )
 
 

@@ -158,3 +158,28 @@ def test_a_scorer_sharing_the_weights_scores_validation_in_place_of_the_trained_
     assert kept["accuracy"] == pytest.approx(best["val_accuracy"])
     own = head.evaluate(*validation, verbose=0, return_dict=True)["loss"]
     assert abs(own - kept["loss"]) > 1e-3, "the rows are the scorer's, not the trained model's"
+
+
+def test_the_head_search_tries_the_params_first_then_seeded_draws_around_them():
+    from dataclasses import replace
+
+    from transfer.heads import SEARCH_DROPOUTS, SEARCH_HIDDEN, SEARCH_LR_SPAN, search_settings, setting_row
+    from transfer.params import HeadParams
+
+    training = TrainingParams(lr=1e-3, epochs=50, batch_size=32, patience=7, label_smoothing=0.0,
+                              class_weight="balanced")
+    base = HeadParams(hidden=(), dropout=0.5, batchnorm=False, training=training, search=8)
+    settings = search_settings(base, 8, seed=3)
+    assert settings[0] is base and len(settings) == len(set(settings)) == 8
+    assert search_settings(base, 8, seed=3) == settings, "the same seed tries the same settings"
+    assert search_settings(base, 8, seed=4) != settings
+    assert search_settings(base, 0, seed=3) == search_settings(base, 1, seed=3) == [base]
+    for drawn in settings[1:]:
+        assert 10 ** -SEARCH_LR_SPAN <= drawn.training.lr / base.training.lr <= 10 ** SEARCH_LR_SPAN * 1.001
+        assert drawn.dropout in SEARCH_DROPOUTS and drawn.hidden in SEARCH_HIDDEN
+        assert drawn.training.optimizer == ("adamw" if drawn.training.weight_decay else "adam")
+        kept = replace(drawn.training, lr=training.lr, label_smoothing=0.0, weight_decay=0.0, optimizer="adam")
+        assert kept == training, "epochs, batch, patience, class weights and schedule stay as written"
+    assert setting_row(replace(base, hidden=(256, 128))) == {
+        "lr": 1e-3, "dropout": 0.5, "hidden": "256 128", "label_smoothing": 0.0, "weight_decay": 0.0,
+        "optimizer": "adam"}

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from tests.helpers import make_pipeline_repo, make_shapes_dataset, pipeline_env, run, stages_run
+from transfer.io import read_csv
 from transfer.params import read_params_file
 
 pytestmark = pytest.mark.slow
@@ -90,6 +91,24 @@ def test_a_head_experiment_reuses_the_cached_features(repo, first_run):
     assert stages_run(result) == ["train-head", "fine-tune", "evaluate"]
     shown = run(["dvc", "exp", "show", "--json"], repo).stdout
     assert "0.005" in shown
+
+
+def test_a_head_search_keeps_the_trial_with_the_lowest_validation_loss(repo, first_run):
+    _back_to_baseline(repo)
+    result = run(["dvc", "exp", "run", "-S", "head.search=3"], repo)
+    assert stages_run(result) == ["train-head", "fine-tune", "evaluate"]
+    trials = read_csv(repo / "reports/head/search.csv")
+    assert [int(row["trial"]) for row in trials] == [0, 1, 2]
+    assert float(trials[0]["lr"]) == 1e-3, "the params as written are trial 0"
+    kept = [row for row in trials if row["kept"] == "1"]
+    assert len(kept) == 1 and float(kept[0]["val_loss"]) == min(float(row["val_loss"]) for row in trials)
+    head = json.loads((repo / "reports/head/metrics.json").read_text())
+    assert head["search_trials"] == 3 and head["chosen_trial"] == int(kept[0]["trial"])
+    assert head["chosen_lr"] == float(kept[0]["lr"]) and head["chosen_dropout"] == float(kept[0]["dropout"])
+    assert head["best_epoch"] == int(kept[0]["best_epoch"]) and head["epochs_run"] == int(kept[0]["epochs_run"])
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    assert "chosen_lr" in json.dumps(shown), "the kept setting is a DVC metric"
+    assert "reports/head/search.csv" in (repo / "dvc.lock").read_text()
 
 
 def test_a_backbone_experiment_extracts_again(repo, first_run):
