@@ -8,9 +8,12 @@ without any error, so each family's layers are tested against Keras' own ``prepr
 from __future__ import annotations
 
 import difflib
+import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
-from transfer.errors import ParamError
+from transfer.errors import DataError, ParamError
 from transfer.params import BackboneParams, repo_path
 
 # What each family's preprocess_input does (keras.applications.imagenet_utils):
@@ -173,9 +176,31 @@ def build_backbone(choice: BackboneChoice):
             f"backbone {spec.name} with weights={choice.weights} at image_size={list(choice.image_size)} "
             f"cannot be built: {error}"
         ) from None
+    except Exception as error:
+        if choice.weights == "imagenet" and "URL fetch failure" in str(error):
+            raise weights_download_error(spec.name, str(error)) from None
+        raise
     # Renamed afterwards: EfficientNetV2 looks its block layout up by the name it is built with.
     backbone.name = BACKBONE_LAYER
     return backbone
+
+
+def weights_download_error(name: str, message: str) -> DataError:
+    """The one-line way out when Keras cannot download ImageNet weights (offline, or a proxy in the way).
+
+    Args:
+        name: the backbone.
+        message: Keras' own message, ``URL fetch failure on <url>: <code> -- <reason>``.
+    """
+    url = re.search(r"https?://\S+?(?=:\s|$)", message)
+    file = url.group(0).rsplit("/", 1)[-1] if url else f"the {name} weights file"
+    reason = message.rsplit(" -- ", 1)[-1] if " -- " in message else message
+    cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+    return DataError(
+        f"cannot download the ImageNet weights of {name} ({reason.strip()}) from {url.group(0) if url else 'Keras'}; "
+        f"offline, set weights to the path of {file} (copied from a machine with a network), or put it in "
+        f"{cache} (the Keras cache, set by KERAS_HOME) and keep weights: imagenet"
+    )
 
 
 def preprocess(x, preprocessing: str):

@@ -75,7 +75,10 @@ def download(url: str, destination: Path, max_bytes: int) -> None:
             if isinstance(error, _TooLarge):
                 raise
             if attempt == DOWNLOAD_ATTEMPTS:
-                raise DataError(f"cannot download data.source {url}: {error or type(error).__name__}") from None
+                raise DataError(
+                    f"cannot download data.source {url}: {error or type(error).__name__}; offline, set data.source "
+                    "to a local archive (.tgz, .tar.gz, .tar, .zip) or a folder with one subfolder per class"
+                ) from None
             log.warning("download attempt %d failed (%s); retrying", attempt, error or type(error).__name__)
             time.sleep(2**attempt)
 

@@ -14,7 +14,7 @@ from transfer.backbones import (
     build_views,
     resolve,
 )
-from transfer.errors import ParamError
+from transfer.errors import DataError, ParamError
 from transfer.params import BackboneParams
 
 REQUIRED = [
@@ -111,3 +111,21 @@ def test_the_mirror_extractor_averages_both_views_and_ignores_a_flip():
     plain, same = build_views(choice, mirror=False)
     assert plain is same
     np.testing.assert_array_equal(np.asarray(plain(images)), np.asarray(single(images)))
+
+
+def test_imagenet_weights_that_cannot_be_downloaded_are_one_line_with_a_way_out(monkeypatch, tmp_path):
+    import keras
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/tensorflow/keras-applications/"
+                        "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5: None "
+                        "-- [Errno -2] Name or service not known")
+
+    monkeypatch.setattr(keras.applications, "MobileNetV2", offline)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    with pytest.raises(DataError) as raised:
+        build_backbone(resolve(BackboneParams("mobilenetv2_0.35", "imagenet", None)))
+    message = str(raised.value)
+    assert "cannot download the ImageNet weights of mobilenetv2_0.35 ([Errno -2] Name or service not known)" in message
+    assert "set weights to the path of mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5" in message
+    assert str(tmp_path / "models") in message and "\n" not in message

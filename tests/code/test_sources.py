@@ -237,6 +237,12 @@ def test_a_download_cut_every_time_is_never_taken_for_complete(shapes_folder, tm
         assert server.requests == sources.DOWNLOAD_ATTEMPTS
 
 
+def test_an_unreachable_source_says_how_to_work_offline(tmp_path, no_backoff):
+    _refused(_data("http://127.0.0.1:9/flower_photos.tgz"), tmp_path,
+             r"cannot download data.source http://127.0.0.1:9/flower_photos.tgz: .*; offline, set data.source to a "
+             r"local archive \(.tgz, .tar.gz, .tar, .zip\) or a folder with one subfolder per class")
+
+
 def test_a_download_over_max_bytes_is_refused_without_retrying(tmp_path, no_backoff):
     with _Server(b"x" * 5000) as server:
         _refused(_data(server.url, max_bytes=4000), tmp_path, "is 5000 bytes, over data.max_bytes = 4000")
