@@ -33,6 +33,7 @@ from transfer.layout import (
     TIMINGS,
 )
 from transfer.params import PARAMS_FILE, read_params_file, repository_root
+from transfer.stage import execution_id, stage_elapsed
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +100,13 @@ def collect_execution(model=None, model_input_size: tuple[int, int] | None = Non
     for prefix, folder in (("head", HEAD_REPORTS), ("fine_tune", FINE_TUNE_REPORTS)):
         if (folder / STAGE_METRICS).is_file():
             metrics.update({f"{prefix}_{key}": value for key, value in read_json(folder / STAGE_METRICS).items()})
+    current, ran = execution_id(), []
     for timing in sorted(TIMINGS.glob("*.json")):
         stage = timing.stem.replace("-", "_")
-        metrics.update({f"{stage}_{key}": value for key, value in read_json(timing).items() if key != "images"})
+        figures = read_json(timing)
+        metrics.update({f"{stage}_{key}": value for key, value in figures.items() if key != "images"})
+        if current is not None and figures.get("execution") == current and timing.stem != "evaluate":
+            ran.append(figures["seconds"])
     histories = {
         prefix: [{key: _number(value) for key, value in row.items()} for row in read_csv(folder / HISTORY)]
         for prefix, folder in (("head", HEAD_REPORTS), ("fine_tune", FINE_TUNE_REPORTS))
@@ -118,6 +123,8 @@ def collect_execution(model=None, model_input_size: tuple[int, int] | None = Non
         "artifacts": artifacts,
         "model": model,
         "model_input_size": model_input_size,
+        # The stages this execution ran (not those DVC found up to date or restored), evaluate so far included.
+        "duration_seconds": sum(ran) + stage_elapsed(),
     }
 
 
@@ -136,7 +143,13 @@ def _log(mlflow, run_name: str, record: dict[str, Any]) -> str:
             if mlflow.get_experiment_by_name(EXPERIMENT) is None:
                 raise
     mlflow.set_experiment(EXPERIMENT)
-    with mlflow.start_run(run_name=run_name, tags=record["tags"]) as run:
+    # Started back when the execution's first stage began, so the run's duration is the execution's, not
+    # the second that logging it takes.
+    started = time.time() - record.get("duration_seconds", 0.0)
+    created = mlflow.MlflowClient().create_run(mlflow.get_experiment_by_name(EXPERIMENT).experiment_id,
+                                               start_time=int(started * 1000), tags=record["tags"],
+                                               run_name=run_name)
+    with mlflow.start_run(run_id=created.info.run_id) as run:
         mlflow.log_params({key: str(value)[:500] for key, value in record["params"].items()})
         if record.get("params_tree") is not None:
             # MLflow params are text; this keeps each value's type (2e-05 a number, true a boolean).

@@ -146,6 +146,13 @@ def test_each_execution_is_one_complete_mlflow_run_in_the_workspace_store(repo, 
     assert first.data.metrics["accuracy"] == json.loads((repo / "reports/metrics.json").read_text())["accuracy"]
     for name in ("extract_features_seconds", "extract_features_images_per_second", "train_head_seconds"):
         assert first.data.metrics[name] > 0, name
+    # The run lasts as long as the execution: the six stages' times, not the seconds evaluate took to log it.
+    _back_to_baseline(repo)
+    timings = [json.loads(path.read_text()) for path in (repo / "reports/timings").glob("*.json")]
+    assert len(timings) == 6 and len({timing["execution"] for timing in timings}) == 1, "one dvc repro ran all"
+    total = sum(timing["seconds"] for timing in timings)
+    duration = (first.info.end_time - first.info.start_time) / 1000
+    assert abs(duration - total) <= 0.1 * total, (duration, total)
     assert len(client.get_metric_history(first.info.run_id, "head_epoch_val_loss")) >= 1
     assert len(client.get_metric_history(first.info.run_id, "fine_tune_epoch_loss")) == 1
     artifacts = {a.path for folder in ("reports/evaluate", "reports/head") for a in
