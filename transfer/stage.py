@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import re
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +18,66 @@ from transfer.layout import TIMINGS
 from transfer.validation import check_params
 
 _started: float | None = None  # time.time() when the running stage's run_stage began
+
+# TensorFlow's native start-up chatter, which TF_CPP_MIN_LOG_LEVEL no longer silences (its messages come before
+# absl's logging is initialised): info and warning lines, the line announcing them, the CPU-instructions note,
+# and the failed CUDA probe of every machine without a GPU. Real errors (other E lines) still pass.
+NATIVE_NOISE = re.compile(
+    rb"^(?:[IW]\d{4} \d\d:\d\d:\d\d"
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+    rb"|E\d{4} .*failed call to cuInit"
+    rb"|To enable the following instructions: .*rebuild TensorFlow)"
+)
+_HELD_BACK = b"IWET"  # a line starting with one of these may be noise: held until it is whole
+_LONGEST_NOISE_PREFIX = 200
+
+
+def quiet_native_logs() -> None:
+    """Filter :data:`NATIVE_NOISE` out of this process's stderr at the file-descriptor level, where TensorFlow's
+    C++ writes; everything else passes at once (progress bars included). ``TF_CPP_MIN_LOG_LEVEL=0`` keeps it
+    all. Only for a stage run as a script: under a test's captured stderr it does nothing.
+    """
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        if sys.stderr.fileno() != 2:
+            return
+        original = os.dup(2)
+        read_end, write_end = os.pipe()
+    except (AttributeError, OSError, ValueError):
+        return
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump() -> None:
+        passing, pending = False, b""
+        while chunk := os.read(read_end, 65536):
+            pending += chunk
+            while pending:
+                end = pending.find(b"\n")
+                if passing or end < 0:
+                    if not passing and pending[:1] in _HELD_BACK and len(pending) < _LONGEST_NOISE_PREFIX:
+                        break  # wait for the rest of the line
+                    cut = len(pending) if end < 0 else end + 1
+                    os.write(original, pending[:cut])
+                    pending, passing = pending[cut:], end < 0
+                    continue
+                line, pending = pending[: end + 1], pending[end + 1 :]
+                if not NATIVE_NOISE.match(line):
+                    os.write(original, line)
+        if pending and not NATIVE_NOISE.match(pending):
+            os.write(original, pending)
+
+    thread = threading.Thread(target=pump, name="quiet-native-logs", daemon=True)
+    thread.start()
+
+    def finish() -> None:
+        sys.stderr.flush()
+        os.dup2(original, 2)  # closes the pipe's only write end: the pump sees the end and drains
+        thread.join(timeout=5)
+
+    atexit.register(finish)
 
 
 def stage_elapsed() -> float:
@@ -49,6 +113,7 @@ def run_stage(name: str, main: Callable[[], dict | None]) -> None:
     :class:`UserError` exits with status 2 and one line on stderr, no traceback.
     """
     global _started
+    quiet_native_logs()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start, _started = time.perf_counter(), time.time()
     try:

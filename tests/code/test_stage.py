@@ -1,0 +1,46 @@
+"""How a stage script runs: TensorFlow's native start-up chatter is filtered out of its stderr, nothing else."""
+
+import subprocess
+import sys
+
+from tests.helpers import REPO
+
+SCRIPT = r"""
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+from transfer.stage import quiet_native_logs
+quiet_native_logs()
+noise = [
+    b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",
+    b"I0000 00:00:1796029427.212582   27114 port.cc:153] oneDNN custom operations are on.\n",
+    b"W0000 00:00:1796029427.212955   27114 cudart_stub.cc:31] Could not find cuda drivers on your machine.\n",
+    b"E0000 00:00:1796029432.283087   27114 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n",
+    b"To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with the flags.\n",
+]
+for line in noise:
+    os.write(2, line[:10]); time.sleep(0.01); os.write(2, line[10:])  # split writes, as a C++ logger may make
+os.write(2, b"E0000 00:00:1796029432.283087   27114 allocator.cc:10] Out of memory: a real error\n")
+os.write(2, b"\rprogress 1/2")
+os.write(2, b"\rprogress 2/2\n")
+sys.stderr.write("INFO-like text from Python, kept\n")
+print("stdout untouched")
+raise ValueError("a traceback still comes through")
+"""
+
+
+def test_native_start_up_noise_is_filtered_and_everything_else_passes():
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(REPO)], capture_output=True, timeout=60)
+    stderr = result.stderr.decode()  # as bytes: text mode would turn the progress bar's \r into line breaks
+    assert result.returncode == 1 and result.stdout == b"stdout untouched\n"
+    lines = stderr.split("\n")
+    assert lines[:3] == ["E0000 00:00:1796029432.283087   27114 allocator.cc:10] Out of memory: a real error",
+                         "\rprogress 1/2\rprogress 2/2", "INFO-like text from Python, kept"]
+    assert lines[-2] == "ValueError: a traceback still comes through" and "Traceback" in stderr
+    for word in ("absl::InitializeLog", "oneDNN", "cuda drivers", "cuInit", "rebuild TensorFlow"):
+        assert word not in stderr, word
+
+
+def test_asking_tensorflow_for_every_line_keeps_them():
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(REPO)], capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert "failed call to cuInit" in result.stderr and "absl::InitializeLog" in result.stderr
