@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, make_shapes_dataset
-from transfer.params import read_params_file
+from tests.helpers import default_params_tree, make_shapes_dataset
 
 
 @pytest.fixture(scope="session")
 def default_params() -> dict:
-    """The repository's own params.yaml, parsed as the stages and DVC parse it."""
-    return read_params_file(REPO / "params.yaml")
+    """The project's params.yaml as committed (never the workspace's), parsed as the stages and DVC parse it."""
+    return default_params_tree()
 
 
 @pytest.fixture

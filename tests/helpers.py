@@ -47,7 +47,26 @@ def make_shapes_dataset(root: Path, per_class: int = 20, size: int = 48, seed: i
     return root
 
 
-PIPELINE_FILES = ("dvc.yaml", "params.yaml", "stages", "transfer", ".dvcignore", ".gitignore")
+PIPELINE_FILES = ("dvc.yaml", "stages", "transfer", ".dvcignore", ".gitignore")
+
+
+def committed_params_text() -> str:
+    """The project's default params: ``params.yaml`` as committed at HEAD, never the workspace's copy, which a
+    user's ``dvc exp run -S ...`` leaves changed (outside a git checkout, the file itself)."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=REPO, capture_output=True, text=True,
+                              check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return (REPO / "params.yaml").read_text()
+
+
+def default_params_tree() -> dict:
+    """:func:`committed_params_text`, parsed as the stages and DVC parse it."""
+    from transfer.params import parse_params_text
+
+    return parse_params_text(committed_params_text())
 
 
 def set_param(tree: dict, dotted: str, value) -> None:
@@ -64,8 +83,6 @@ def make_pipeline_repo(root: Path, overrides: dict) -> Path:
 
     import yaml
 
-    from transfer.params import read_params_file
-
     root.mkdir(parents=True)
     for name in PIPELINE_FILES:
         source = REPO / name
@@ -73,7 +90,7 @@ def make_pipeline_repo(root: Path, overrides: dict) -> Path:
             shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, root / name)
-    params = read_params_file(REPO / "params.yaml")
+    params = default_params_tree()
     for key, value in overrides.items():
         set_param(params, key, value)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -6,7 +6,7 @@ from dataclasses import asdict
 import pytest
 import yaml
 
-from tests.helpers import REPO, set_param
+from tests.helpers import committed_params_text, set_param
 from transfer.errors import ParamError
 from transfer.params import (
     Params,
@@ -166,7 +166,7 @@ def test_params_rewritten_by_dvc_set_param_read_as_dvc_reads_them(default_params
     from dvc.utils.hydra import apply_overrides
 
     path = tmp_path / "params.yaml"
-    path.write_text((REPO / "params.yaml").read_text())
+    path.write_text(committed_params_text())
     numbers, booleans = _numeric_and_boolean_keys(default_params)
     assert {"seed", "head.lr", "fine_tune.lr", "data.max_bytes", "split.val"} <= set(numbers)
     assert {"head.batchnorm", "fine_tune.augment.flip", "evaluate.tta"} <= set(booleans)
@@ -219,7 +219,7 @@ def test_params_rewritten_by_dvc_set_param_read_as_dvc_reads_them(default_params
 def test_values_mean_what_dvc_says_they_mean(tmp_path, default_params, text, key, value):
     section, _, leaf = key.rpartition(".")
     path = tmp_path / "params.yaml"
-    lines = (REPO / "params.yaml").read_text().splitlines()
+    lines = committed_params_text().splitlines()
     indent = "  " if section else ""
     in_section = not section
     for i, line in enumerate(lines):

@@ -1,0 +1,24 @@
+"""The tests never depend on the workspace's params.yaml, which a user's experiments change."""
+
+import subprocess
+import sys
+
+from tests.helpers import REPO, committed_params_text
+
+
+def test_tests_read_the_committed_params_not_an_experiments_leftovers(tmp_path):
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
+    committed = (clone / "params.yaml").read_text()
+    assert committed == committed_params_text(), "the defaults are HEAD's params.yaml"
+    # What a failed `dvc exp run -S seed=-1 -S head.lr=0.0001` leaves in the workspace: a bad seed, and a head
+    # learning rate below fine-tuning's, which the defaults' own test refuses.
+    (clone / "params.yaml").write_text(committed.replace("lr: 0.001", "lr: 0.0001").replace("seed: 42", "seed: -1"))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "tests/code/test_params.py::test_the_repository_params_parse",
+         "tests/code/test_params.py::test_params_rewritten_by_dvc_set_param_read_as_dvc_reads_them"],
+        cwd=clone, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0 and "2 passed" in result.stdout, result.stdout[-2000:]
+    assert "seed: -1" in (clone / "params.yaml").read_text(), "the workspace's params.yaml is left as it was"
