@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers import tiny_classifier
+from tests.helpers import REPO, tiny_classifier
 from transfer import export
 from transfer.datasets import load_image
 from transfer.errors import DataError
@@ -119,3 +119,9 @@ def test_a_mirror_averaging_model_exports_and_still_ignores_a_flip(tmp_path, sha
     fresh = _fresh(FRESH_TFLITE, tmp_path / "model.tflite", np.concatenate([resized, resized[:, :, ::-1]]), tmp_path)
     np.testing.assert_allclose(fresh[:12], _keras(tmp_path / "model.keras", resized), atol=1e-5)
     np.testing.assert_allclose(fresh[12:], fresh[:12], atol=1e-5)
+
+
+def test_the_export_help_reads_as_written():
+    result = subprocess.run([sys.executable, "-m", "transfer", "export", "--help"], capture_output=True, text=True,
+                            check=True, cwd=REPO)
+    assert "at least 99% of them" in " ".join(result.stdout.split()) and "%%" not in result.stdout
