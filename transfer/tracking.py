@@ -175,6 +175,9 @@ def _log(mlflow, run_name: str, record: dict[str, Any]) -> str:
             import tensorflow as tf
             from mlflow.models import infer_signature
 
+            # MLflow saves the model in a temporary folder first; TensorFlow's "Assets written to: /tmp/..."
+            # would name that folder, which is gone by the time anyone reads it.
+            logging.getLogger("tensorflow").setLevel(logging.WARNING)
             example = np.zeros((1, *record["model_input_size"], 3), dtype="float32")
             signature = infer_signature(example, np.asarray(model.predict(example, verbose=0)))
             mlflow.tensorflow.log_model(
