@@ -28,10 +28,12 @@ from transfer.layout import (
     FINE_TUNE_REPORTS,
     HEAD_REPORTS,
     HISTORY,
+    MODEL,
     STAGE_METRICS,
     TEST_METRICS,
     TIMINGS,
 )
+from transfer.models import classes_path
 from transfer.params import PARAMS_FILE, read_params_file, repository_root
 from transfer.stage import execution_id, stage_elapsed
 
@@ -187,7 +189,25 @@ def _log(mlflow, run_name: str, record: dict[str, Any]) -> str:
                 # Stated, not inferred: inference reloads the model in a subprocess, which costs minutes.
                 pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
             )
+            _log_photo_model(record)
         return run.info.run_id
+
+
+def _log_photo_model(record: dict[str, Any]) -> None:
+    """The photo-serving model (:mod:`transfer.serving`) beside the Keras one; a failure is a warning only."""
+    path = Path(record.get("model_path") or MODEL)
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            # MLflow's advice, as the class is defined, to type-hint predict: the signature is stated instead.
+            warnings.simplefilter("ignore", UserWarning)
+            from transfer.serving import log_photo_model
+
+        log_photo_model(path, read_json(classes_path(path)))
+    except Exception as error:  # noqa: BLE001 - the run and its Keras model stand without it
+        log.warning("WARNING: the photo-serving model was not logged (%s); the Keras model was",
+                    str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
 
 
 @contextlib.contextmanager

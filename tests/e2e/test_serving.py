@@ -1,0 +1,110 @@
+"""The photo-serving MLflow model, through MLflow's real scoring server: image bytes in, class names out."""
+
+import base64
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.helpers import make_shapes_dataset, pipeline_env, tiny_classifier
+from transfer.io import read_csv
+from transfer.models import save_model
+from transfer.predict import predict_to_csv
+
+pytestmark = pytest.mark.slow
+
+CLASSES = ["circle", "square", "triangle"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _post(url: str, payload: dict) -> dict:
+    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    import mlflow
+
+    from transfer.serving import log_photo_model
+
+    folder = tmp_path_factory.mktemp("serving")
+    save_model(tiny_classifier(mirror=True), folder / "model.keras", CLASSES)
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("serving")
+    with mlflow.start_run() as run:
+        log_photo_model(folder / "model.keras", CLASSES)
+    return folder, uri, run.info.run_id
+
+
+def test_served_photos_come_back_as_predict_writes_them(logged, tmp_path):
+    folder, uri, run_id = logged
+    shapes = make_shapes_dataset(tmp_path / "shapes", per_class=2, size=40)
+    jpeg, png = sorted(shapes.rglob("*.jpg"))[0], sorted(shapes.rglob("*.png"))[0]
+    big = tmp_path / "big.png"
+    Image.open(png).resize((97, 61)).save(big)  # another size than the model's and than the JPEG's
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(jpeg.read_bytes()[:200])
+    files = [jpeg, big, broken]
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{run_id}/photo_model",
+         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        env=pipeline_env({"MLFLOW_TRACKING_URI": uri}), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(server.stdout.read().decode()[-3000:]) from None
+                time.sleep(1)
+        payload = {"dataframe_split": {"columns": ["image"], "data": [
+            [base64.b64encode(path.read_bytes()).decode()] for path in files]}}
+        answer = _post(f"http://127.0.0.1:{port}/invocations", payload)["predictions"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    predict_to_csv(folder / "model.keras", [str(path) for path in files], tmp_path / "predictions.csv", 8, 3)
+    expected = read_csv(tmp_path / "predictions.csv")
+    assert len(answer) == 3
+    for served, written in zip(answer[:2], expected[:2], strict=True):
+        assert served["label"] == written["predicted"] and served["error"] == ""
+        np.testing.assert_allclose([served[name] for name in CLASSES], [float(written[name]) for name in CLASSES],
+                                   atol=1e-5)
+        assert served["confidence"] == pytest.approx(max(served[name] for name in CLASSES))
+    assert answer[2]["label"] == "" and answer[2]["error"] == expected[2]["error"] != ""
+    assert np.isnan(answer[2]["confidence"]) and np.isnan(answer[2][CLASSES[0]])
+
+
+def test_the_photo_model_loads_and_answers_in_process(logged, shapes_folder):
+    import mlflow
+    import pandas as pd
+
+    _, uri, run_id = logged
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/photo_model")
+    images = [path.read_bytes() for path in sorted(shapes_folder.rglob("*.*"))[:4]] + [b"not an image"]
+    answer = model.predict(pd.DataFrame({"image": images}))
+    assert list(answer.columns) == ["label", "confidence", "error", *CLASSES]
+    assert set(answer["label"][:4]) <= set(CLASSES) and answer["error"][4].startswith("cannot be decoded")
