@@ -31,6 +31,10 @@ BATCH = 32
 class PhotoClassifier(mlflow.pyfunc.PythonModel):
     """Image bytes to class probabilities with a saved ``model.keras`` and its class names."""
 
+    # The signature is stated when logging; MLflow's type-hint validation (and its warning that predict has
+    # no type hints, at every import) would only repeat it.
+    _skip_type_hint_validation = True
+
     def load_context(self, context):
         from transfer.models import input_size, load_model
 

@@ -197,12 +197,7 @@ def _log_photo_model(record: dict[str, Any]) -> None:
     """The photo-serving model (:mod:`transfer.serving`) beside the Keras one; a failure is a warning only."""
     path = Path(record.get("model_path") or MODEL)
     try:
-        import warnings
-
-        with warnings.catch_warnings():
-            # MLflow's advice, as the class is defined, to type-hint predict: the signature is stated instead.
-            warnings.simplefilter("ignore", UserWarning)
-            from transfer.serving import log_photo_model
+        from transfer.serving import log_photo_model
 
         log_photo_model(path, read_json(classes_path(path)))
     except Exception as error:  # noqa: BLE001 - the run and its Keras model stand without it
@@ -252,6 +247,7 @@ def log_execution(record: dict[str, Any]) -> str | None:
     # Fail fast on an unreachable server instead of retrying for minutes.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars for local files, in a log
     uri = tracking_uri()
     try:
         import mlflow
