@@ -171,6 +171,12 @@ def test_each_execution_is_one_complete_mlflow_run_in_the_workspace_store(repo, 
 
     model = mlflow.pyfunc.load_model(f"runs:/{first.info.run_id}/model")
     assert model.metadata.signature is not None, "the model is logged with a signature"
+    import pandas as pd
+
+    photo = mlflow.pyfunc.load_model(f"runs:/{first.info.run_id}/photo_model")  # image bytes in, classes out
+    image = sorted((repo / "data/raw").rglob("*.png"))[0]
+    answer = photo.predict(pd.DataFrame({"image": [image.read_bytes()]}))
+    assert answer["label"][0] in {"circle", "square", "triangle"} and answer["error"][0] == ""
     # Git carries the record (it is not cached): the workspace, back at the first run's commit, names that run.
     assert json.loads((repo / "reports/tracking.json").read_text())["run_id"] == first.info.run_id
 
