@@ -1,13 +1,14 @@
 """Predictions on new images: files, folders or globs in, one CSV row per file out.
 
 The CSV has the layout of a Kaggle submission (one probability column per class, in the model's stored
-class order) plus the predicted class, its confidence, the top-k classes and an error column. A file that
+class order) plus the predicted class, its confidence, the top-k classes (a JSON list) and an error column. A file that
 cannot be read or decoded gets its row with the reason in ``error``; it never stops the batch.
 """
 
 from __future__ import annotations
 
 import glob
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from transfer.datasets import image_dataset, read_image_file
 from transfer.errors import DataError
-from transfer.io import write_csv
+from transfer.io import displayed_path, spreadsheet_safe, write_csv
 from transfer.layout import visible_files
 from transfer.models import input_size
 
@@ -102,17 +103,25 @@ def predict_files(
 def prediction_table(
     files: list[Path], probabilities: np.ndarray, problems: list, classes: list[str], top_k: int
 ) -> tuple[list[str], list[list]]:
-    """The CSV header and rows: file, predicted, confidence, top_k, one column per class, error."""
+    """The CSV header and rows: file, predicted, confidence, top_k, one column per class, error.
+
+    The top-k classes are a JSON list (a class name may hold spaces or commas). File and class names that a
+    spreadsheet would run as a formula are written as text (:func:`transfer.io.spreadsheet_safe`), and a file
+    name that is not UTF-8 shows its odd bytes as ``\\xNN``.
+    """
     k = min(top_k, len(classes))
-    header = ["file", "predicted", "confidence", f"top_{k}", *classes, "error"]
+    names = [spreadsheet_safe(name) for name in classes]
+    header = ["file", "predicted", "confidence", f"top_{k}", *names, "error"]
     rows = []
     for file, scores, problem in zip(files, probabilities, problems, strict=True):
+        shown = spreadsheet_safe(displayed_path(file))
         if problem is not None:
-            rows.append([str(file), "", "", "", *[""] * len(classes), problem])
+            rows.append([shown, "", "", "", *[""] * len(classes), problem])
             continue
         order = np.argsort(-scores, kind="stable")[:k]
         rows.append([
-            str(file), classes[order[0]], f"{scores[order[0]]:.6f}", " ".join(classes[i] for i in order),
+            shown, names[order[0]], f"{scores[order[0]]:.6f}",
+            spreadsheet_safe(json.dumps([classes[i] for i in order], ensure_ascii=False)),
             *(f"{value:.6f}" for value in scores), "",
         ])
     return header, rows

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from transfer.io import atomic_path
+from transfer.io import atomic_path, displayed_path, spreadsheet_safe
 
 PROBABILITY_EPSILON = 1e-7  # Keras' epsilon: a probability of 0 costs -log(1e-7), not infinity.
 
@@ -81,9 +81,11 @@ def prediction_rows(
     Returns:
         (header, rows).
     """
-    header = ["path", "label", "predicted", "confidence", *classes]
+    names = [spreadsheet_safe(name) for name in classes]  # read in spreadsheets: no cell runs as a formula
+    header = ["path", "label", "predicted", "confidence", *names]
     rows = [
-        [path, classes[label], classes[int(np.argmax(row))], f"{row.max():.6f}", *(f"{p:.6f}" for p in row)]
+        [spreadsheet_safe(displayed_path(path)), names[label], names[int(np.argmax(row))], f"{row.max():.6f}",
+         *(f"{p:.6f}" for p in row)]
         for path, label, row in zip(paths, labels, probabilities, strict=True)
     ]
     return header, rows

@@ -1,6 +1,8 @@
 """python -m transfer predict: one CSV row per file, the model's own numbers, bad files reported not fatal."""
 
 import csv
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -61,7 +63,7 @@ def test_predictions_match_the_model_and_bad_files_get_an_error(model_path, phot
         np.testing.assert_allclose([float(row[name]) for name in CLASSES], expected, atol=1e-5)
         assert row["predicted"] == CLASSES[int(expected.argmax())]
         assert float(row["confidence"]) == pytest.approx(expected.max(), abs=1e-5)
-        assert row["top_2"].split(" ") == [CLASSES[i] for i in np.argsort(-expected)[:2]]
+        assert json.loads(row["top_2"]) == [CLASSES[i] for i in np.argsort(-expected)[:2]]
 
 
 def test_tta_averages_each_image_with_its_mirror(model_path, photos, tmp_path):
@@ -116,3 +118,29 @@ def test_every_command_explains_its_options():
                                   capture_output=True, text=True).stdout
     for option in ("--out", "--batch-size", "--top-k", "--tta"):
         assert option in predict_help
+
+
+def test_names_a_spreadsheet_would_run_or_split_are_written_safely(tmp_path, shapes_folder, monkeypatch):
+    classes = ["=HYPERLINK(1)", "red rose", "@sum"]
+    path = tmp_path / "model.keras"
+    save_model(tiny_classifier(), path, classes)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    source = (shapes_folder / "circle" / "circle_000.jpg").read_bytes()
+    (folder / "-cmd.jpg").write_bytes(source)
+    odd = os.fsdecode(bytes(folder) + b"/caf\xe9.jpg")  # Latin-1 bytes: not a UTF-8 name
+    with open(odd, "wb") as handle:
+        handle.write(source)
+    monkeypatch.chdir(folder)
+    predict_to_csv(path, ["."], tmp_path / "out.csv", batch_size=4, top_k=3)  # relative names, as given
+    rows = _rows(tmp_path / "out.csv")
+    assert list(rows[0])[4:7] == ["'=HYPERLINK(1)", "red rose", "'@sum"]
+    by_name = {row["file"]: row for row in rows}
+    assert set(by_name) == {"'-cmd.jpg", "caf\\xe9.jpg"}, "the odd bytes shown, the CSV written whole"
+    assert by_name["caf\\xe9.jpg"]["error"] == "file name is not valid UTF-8; rename it"
+    good = by_name["'-cmd.jpg"]
+    assert good["predicted"] in ("'=HYPERLINK(1)", "red rose", "'@sum")
+    assert sorted(json.loads(good["top_3"].removeprefix("'"))) == sorted(classes), "a JSON list of the names"
+    for row in rows:
+        for cell in row.values():
+            assert not cell.startswith(("=", "+", "-", "@")), cell
