@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -43,6 +44,7 @@ EXPERIMENT = "transfer"
 STORE_FILE = "mlflow.db"
 ARTIFACTS_FOLDER = "mlartifacts"
 BATCH_METRICS = 1000  # the most metrics one MLflow log_batch call takes
+LOGGER_TAG = "transfer.logged_by"  # host:pid of the process logging the run, to tell abandoned runs apart
 LOCK_RETRIES = 5  # SQLite allows one writer: queued experiments running side by side take turns.
 
 
@@ -145,12 +147,14 @@ def _log(mlflow, run_name: str, record: dict[str, Any]) -> str:
             if mlflow.get_experiment_by_name(EXPERIMENT) is None:
                 raise
     mlflow.set_experiment(EXPERIMENT)
+    client = mlflow.MlflowClient()
+    experiment_id = mlflow.get_experiment_by_name(EXPERIMENT).experiment_id
+    _remove_abandoned_runs(client, experiment_id)
     # Started back when the execution's first stage began, so the run's duration is the execution's, not
     # the second that logging it takes.
     started = time.time() - record.get("duration_seconds", 0.0)
-    created = mlflow.MlflowClient().create_run(mlflow.get_experiment_by_name(EXPERIMENT).experiment_id,
-                                               start_time=int(started * 1000), tags=record["tags"],
-                                               run_name=run_name)
+    created = client.create_run(experiment_id, start_time=int(started * 1000),
+                                tags={**record["tags"], LOGGER_TAG: _this_logger()}, run_name=run_name)
     with mlflow.start_run(run_id=created.info.run_id) as run:
         mlflow.log_params({key: str(value)[:500] for key, value in record["params"].items()})
         if record.get("params_tree") is not None:
@@ -165,7 +169,6 @@ def _log(mlflow, run_name: str, record: dict[str, Any]) -> str:
         steps = [Metric(f"{prefix}_epoch_{key}", float(value), now, int(row["epoch"]))
                  for prefix, rows in record["histories"].items() for row in rows
                  for key, value in row.items() if key != "epoch" and value not in (None, "")]
-        client = mlflow.MlflowClient()
         for start in range(0, len(steps), BATCH_METRICS):
             client.log_batch(run.info.run_id, metrics=steps[start : start + BATCH_METRICS])
         for path in record["artifacts"]:
@@ -191,6 +194,28 @@ def _log(mlflow, run_name: str, record: dict[str, Any]) -> str:
             )
             _log_photo_model(record)
         return run.info.run_id
+
+
+def _this_logger() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _remove_abandoned_runs(client, experiment_id: str) -> None:
+    """Runs left RUNNING by an evaluate killed while logging (kill -9, a power cut) on this host: their logging
+    process is gone, so they will never finish. DVC runs evaluate again, which logs the execution whole; the
+    half-logged run is marked KILLED and deleted (``mlflow runs restore`` brings it back). Runs being logged
+    right now by other processes (queued experiments) are left alone.
+    """
+    import psutil
+
+    host = socket.gethostname()
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        logger = run.data.tags.get(LOGGER_TAG, "")
+        where, _, pid = logger.rpartition(":")
+        if where == host and pid.isdigit() and not psutil.pid_exists(int(pid)):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            client.delete_run(run.info.run_id)
+            log.info("mlflow: removed run %s, left half-logged by a killed evaluate", run.info.run_id)
 
 
 def _log_photo_model(record: dict[str, Any]) -> None:

@@ -112,3 +112,40 @@ def test_experiments_logging_at_once_into_a_fresh_store_all_land(store):
     client = mlflow.MlflowClient(tracking.tracking_uri())
     runs = client.search_runs([client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id])
     assert sorted(run.data.params["head.lr"] for run in runs if run.info.status == "FINISHED") == ["0", "1", "2", "3"]
+
+
+def test_a_run_left_running_by_a_killed_evaluate_is_removed_when_the_execution_is_logged_again(store, monkeypatch):
+    """kill -9 while logging leaves a RUNNING run; logging the execution again removes it and logs one run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import mlflow
+
+    monkeypatch.chdir(store)
+    uri = tracking.tracking_uri()
+    script = (
+        "import sys, time, mlflow\n"
+        "from transfer import tracking\n"
+        "mlflow.set_tracking_uri(sys.argv[1])\n"
+        "experiment = mlflow.set_experiment(tracking.EXPERIMENT)\n"
+        "run = mlflow.MlflowClient().create_run(experiment.experiment_id,\n"
+        "                                       tags={tracking.LOGGER_TAG: tracking._this_logger()})\n"
+        "print(run.info.run_id, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script, uri], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(tracking.Path(tracking.__file__).parents[1])})
+    abandoned = child.stdout.readline().strip()
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=30)
+    client = mlflow.MlflowClient(uri)
+    assert client.get_run(abandoned).info.status == "RUNNING"
+
+    run_id = tracking.log_execution(_record(store))
+    assert run_id and run_id != abandoned
+    gone = client.get_run(abandoned)
+    assert gone.info.status == "KILLED" and gone.info.lifecycle_stage == "deleted"
+    alive = client.search_runs([client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id])
+    assert [run.info.run_id for run in alive] == [run_id] and alive[0].info.status == "FINISHED"
