@@ -48,7 +48,7 @@ log = logging.getLogger("fine-tune")
 
 def parse_params(params: Params) -> tuple[int, BackboneChoice, bool, FineTuneParams, DistributeParams]:
     backbone = resolve(read_backbone(params), params.source)
-    return (params.int("seed"), backbone, params.bool("features.mirror"), read_fine_tune(params),
+    return (params.seed(), backbone, params.bool("features.mirror"), read_fine_tune(params),
             read_distribute(params))
 
 

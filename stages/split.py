@@ -21,7 +21,7 @@ log = logging.getLogger("split")
 
 
 def parse_params(params: Params) -> tuple[int, SplitParams]:
-    return params.int("seed"), read_split(params)
+    return params.seed(), read_split(params)
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ log = logging.getLogger("train-head")
 
 
 def parse_params(params: Params) -> tuple[int, HeadParams, DistributeParams]:
-    return params.int("seed"), read_head(params), read_distribute(params)
+    return params.seed(), read_head(params), read_distribute(params)
 
 
 def as_training_arrays(store: FeatureStore, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -99,6 +99,21 @@ def _entries() -> list[Backbone]:
 
 REGISTRY: dict[str, Backbone] = {entry.name: entry for entry in _entries()}
 
+# Layers of each headless backbone (with its pooling), as fine_tune.unfreeze counts them: a number above it is
+# refused when params are checked, before extraction and the head run. A test builds every entry to hold this.
+LAYER_COUNTS: dict[str, int] = {
+    "vgg16": 19, "vgg19": 22, "resnet50": 175, "resnet101": 345, "resnet152": 515, "resnet50v2": 190,
+    "resnet101v2": 377, "resnet152v2": 564, "inceptionv3": 311, "inceptionresnetv2": 780, "xception": 132,
+    "nasnetmobile": 769, "densenet121": 427, "densenet169": 595, "densenet201": 707, "convnext_tiny": 133,
+    "convnext_small": 259, "convnext_base": 259, "efficientnetb0": 237, "efficientnetb1": 339, "efficientnetb2": 339,
+    "efficientnetb3": 384, "efficientnetb4": 474, "efficientnetb5": 576, "efficientnetb6": 666,
+    "efficientnetb7": 813, "efficientnetv2b0": 270, "efficientnetv2b1": 334, "efficientnetv2b2": 349,
+    "efficientnetv2b3": 409, "mobilenet_0.25": 86, "mobilenet_0.5": 86, "mobilenet_0.75": 86, "mobilenet": 86,
+    "mobilenetv2_0.35": 154, "mobilenetv2_0.5": 154, "mobilenetv2_0.75": 154, "mobilenetv2": 154,
+    "mobilenetv2_1.3": 154, "mobilenetv2_1.4": 154, "mobilenetv3small_0.75": 157, "mobilenetv3small": 157,
+    "mobilenetv3large_0.75": 187, "mobilenetv3large": 187,
+}
+
 
 @dataclass(frozen=True)
 class BackboneChoice:

@@ -47,6 +47,7 @@ SUPPORTED = "JPEG, PNG, GIF, BMP or WebP"
 # A decoded image takes 3 bytes a pixel, and its float copy 12: a crafted or gigapixel file must not exhaust
 # memory before it can be refused.
 MAX_PIXELS = 100_000_000
+MIN_SIDE = 8  # pixels: a smaller image (a 1x1 tracking pixel, an icon) cannot show what a class looks like
 _PILLOW_BOUND = threading.Lock()
 
 
@@ -88,6 +89,9 @@ def decode_problem(data: bytes) -> str | None:
     size = _declared_size(data)
     if size and size[0] * size[1] > MAX_PIXELS:
         return f"{size[0]}x{size[1]} pixels is over the {MAX_PIXELS // 1_000_000}-megapixel bound; scale it down"
+    if size and min(size) < MIN_SIDE:
+        return (f"{size[0]}x{size[1]} pixels is below the {MIN_SIDE}x{MIN_SIDE} the pipeline accepts: too small to "
+                "show a class")
     try:
         tf.io.decode_image(data, channels=3, expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:

@@ -23,6 +23,8 @@ from typing import Any
 from transfer.errors import ParamError
 
 PARAMS_FILE = "params.yaml"
+SEED_MAX = 2**32 - 1
+MAX_IMAGE_SIDE = 2048  # pixels; the largest native size is 600 (EfficientNetB7)
 CLASS_WEIGHTS = ("balanced", "none")
 FEATURE_DTYPES = ("float16", "float32")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
@@ -129,14 +131,22 @@ class Params:
         """The error for a bad value: names the key, the value as written, what is allowed and what to write."""
         return ParamError(f"{self.source}: {key} = {value!r} is invalid: expected {expected}{_as_written_hint(value)}")
 
-    def int(self, key: str, minimum: int | None = None) -> int:
+    def int(self, key: str, minimum: int | None = None, maximum: int | None = None) -> int:
         """An integer; a whole number in float form (``2e10``, as ``-S`` may write it) counts as one."""
         value = self.value(key)
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-            raise self.fail(key, self.value(key), "an integer" + (f" >= {minimum}" if minimum is not None else ""))
+        if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum) or (
+            maximum is not None and value > maximum
+        ):
+            bounds = (f" in [{minimum}, {maximum}]" if maximum is not None else
+                      f" >= {minimum}" if minimum is not None else "")
+            raise self.fail(key, self.value(key), "an integer" + bounds)
         return value
+
+    def seed(self) -> int:
+        """The run's seed: what NumPy's and TensorFlow's generators take, 0 to 2**32 - 1."""
+        return self.int("seed", minimum=0, maximum=SEED_MAX)
 
     def number(self, key: str, low: float, high: float, high_open: bool = False) -> float:
         """A number in [low, high], or [low, high) when ``high_open``."""
@@ -444,6 +454,10 @@ def read_backbone(params: Params) -> BackboneParams:
             and all(isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in size)
         ):
             raise params.fail("image_size", params.value("image_size"), "null, a positive integer, or [height, width]")
+        if max(size) > MAX_IMAGE_SIDE:
+            raise params.fail("image_size", params.value("image_size"),
+                              f"sides of at most {MAX_IMAGE_SIDE} pixels (a batch of 32 at 20000 would need 143 GiB); "
+                              "null gives the backbone's native size")
         size = (size[0], size[1])
     return BackboneParams(
         name=params.text("backbone"),

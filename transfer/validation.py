@@ -3,7 +3,8 @@
 Each stage reads only its own keys (that is what keeps DVC's dependencies exact), so a bad value in a later
 stage's section would otherwise surface only after the earlier stages had spent minutes. Every stage calls
 :func:`check_params` first: a wrong type, an out-of-range value, an unknown backbone, a missing weights file,
-an image size the backbone refuses, or a key nobody reads (a typo) stops it with one line naming the key.
+an image size the backbone refuses, more layers to unfreeze than the backbone has, or a key nobody reads (a
+typo) stops it with one line naming the key.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-from transfer.backbones import resolve
+from transfer.backbones import LAYER_COUNTS, resolve
 from transfer.errors import ParamError
 from transfer.params import (
     PARAMS_FILE,
+    UNFREEZE_ALL,
     Params,
     read_backbone,
     read_data,
@@ -44,14 +46,18 @@ def check_all(params: Params) -> None:
     Raises:
         ParamError: naming the first bad key, its value and what is allowed.
     """
-    params.int("seed")
+    params.seed()
     read_data(params)
     read_split(params)
-    resolve(read_backbone(params), params.source)
+    choice = resolve(read_backbone(params), params.source)
     read_features(params)
     read_distribute(params)
     read_head(params)
-    read_fine_tune(params)
+    unfreeze = read_fine_tune(params).unfreeze
+    layers = LAYER_COUNTS.get(choice.spec.name)
+    if isinstance(unfreeze, int) and layers is not None and unfreeze > layers:
+        raise params.fail("fine_tune.unfreeze", unfreeze, f"{UNFREEZE_ALL}, a layer name, or a number of top layers "
+                          f"up to {layers} ({choice.spec.name} has {layers})")
     read_evaluate(params)
     unknown = sorted(set(_leaves(params.tree)) - params.keys_read)
     if unknown:

@@ -7,6 +7,7 @@ import pytest
 
 from transfer.backbones import (
     BACKBONE_LAYER,
+    LAYER_COUNTS,
     REGISTRY,
     BackboneChoice,
     build_backbone,
@@ -77,6 +78,8 @@ def test_every_entry_builds_at_its_smallest_size(name):
     backbone = build_backbone(BackboneChoice(spec, None, (size, size)))
     assert backbone.name == "backbone"
     assert len(backbone.output_shape) == 2 and backbone.output_shape[-1] > 0
+    layers = [layer for layer in backbone.layers if type(layer).__name__ != "InputLayer"]
+    assert len(layers) == LAYER_COUNTS[name], "the table params are checked against"
 
 
 def test_the_extractor_takes_raw_images_of_any_size():

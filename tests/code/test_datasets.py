@@ -128,6 +128,17 @@ def test_an_image_too_large_to_decode_safely_is_refused_from_its_header(raw):
     assert decode_problem(_encoded(Image.fromarray(GRADIENT), "PNG")) is None
 
 
+def test_an_image_too_small_to_show_a_class_is_refused(raw):
+    Image.new("RGB", (1, 1), (200, 30, 30)).save(raw / "circle" / "pixel.png")
+    Image.new("RGB", (64, 7), (200, 30, 30)).save(raw / "circle" / "strip.jpg")
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(raw / "circle" / "icon.png")
+    reasons = {row["path"]: row["reason"] for row in scan_images(raw).excluded}
+    assert reasons == {
+        "circle/pixel.png": "1x1 pixels is below the 8x8 the pipeline accepts: too small to show a class",
+        "circle/strip.jpg": "64x7 pixels is below the 8x8 the pipeline accepts: too small to show a class",
+    }
+
+
 def test_the_data_report_lists_duplicates_and_download_exclusions(raw):
     shutil.copy(raw / "circle" / "circle_000.jpg", raw / "circle" / "again.jpg")
     (raw / "circle" / "empty.jpg").write_bytes(b"")
