@@ -14,6 +14,7 @@ import numpy as np
 from transfer.backbones import MIRROR_LAYER
 from transfer.heads import HEAD_LAYER
 from transfer.models import backbone_of
+from transfer.reports import drawable
 
 
 def _gradcam_parts(model):
@@ -123,7 +124,8 @@ def gradcam_sample(
         images.append(image)
         heatmaps.append(heatmap)
         mark = "right" if predicted[i] == labels[i] else "WRONG"
-        titles.append(f"{mark}: {classes[labels[i]]} -> {classes[predicted[i]]} ({confidence[i]:.2f})")
+        titles.append(f"{mark}: {drawable(classes[labels[i]])} -> {drawable(classes[predicted[i]])} "
+                      f"({confidence[i]:.2f})")
         shown.append({"path": paths[i], "actual": classes[labels[i]], "predicted": classes[predicted[i]],
                       "confidence": float(confidence[i])})
     if chosen:

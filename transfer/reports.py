@@ -5,6 +5,8 @@ Figures are drawn headless (Agg), one PNG per concern, with titles, axis labels 
 
 from __future__ import annotations
 
+import functools
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -91,6 +93,30 @@ def prediction_rows(
     return header, rows
 
 
+@functools.lru_cache(maxsize=1)
+def _figure_font():
+    """The font the figures' text is drawn in (matplotlib's default family), to ask which glyphs it has."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    return FT2Font(font_manager.findfont(font_manager.FontProperties()))
+
+
+def drawable(name: str) -> str:
+    """``name`` with each character the figures' font lacks (emoji, most often) replaced by its Unicode name in
+    angle brackets (``<ROSE> rose``), so that no class shows as empty boxes; other names are unchanged."""
+    font = _figure_font()
+    parts = []
+    for char in name:
+        if char.isspace() or font.get_char_index(ord(char)):
+            parts.append(char)
+        elif unicodedata.category(char) in ("Mn", "Cf", "Sk"):  # joiners, variation selectors, skin tones
+            continue
+        else:
+            parts.append(f"<{unicodedata.name(char, f'U+{ord(char):04X}')}>")
+    return "".join(parts)
+
+
 def _save_figure(figure, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -107,6 +133,7 @@ def plot_confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: Se
     import matplotlib.pyplot as plt
     from sklearn.metrics import confusion_matrix
 
+    classes = [drawable(name) for name in classes]
     counts = confusion_matrix(labels, predicted, labels=range(len(classes)))
     rows = counts.sum(axis=1, keepdims=True)
     normalised = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
@@ -169,7 +196,7 @@ def plot_per_class(per_class: dict[str, dict], path: Path) -> None:
     figure, axis = plt.subplots(figsize=(max(6.0, 0.6 * len(names) + 2), 4.5))
     for offset, metric in zip((-0.27, 0.0, 0.27), ("precision", "recall", "f1"), strict=True):
         axis.bar(positions + offset, [per_class[name][metric] for name in names], width=0.27, label=metric)
-    axis.set_xticks(positions, [f"{name}\n(n={per_class[name]['support']})" for name in names],
+    axis.set_xticks(positions, [f"{drawable(name)}\n(n={per_class[name]['support']})" for name in names],
                     rotation=90 if len(names) > 10 else 0)
     axis.set(ylim=(0, 1.15), ylabel="score", xlabel="Class (test images)", title="Per-class precision, recall and F1")
     axis.legend(loc="upper center", ncol=3)  # above the bars, in the headroom over 1.0
@@ -195,6 +222,7 @@ def plot_confident_mistakes(
     import matplotlib.pyplot as plt
     from PIL import Image
 
+    classes = [drawable(name) for name in classes]
     predicted = probabilities.argmax(axis=1)
     wrong = int(np.sum(predicted != labels))
     worst = confident_mistakes(labels, probabilities, count)

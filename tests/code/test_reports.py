@@ -9,6 +9,7 @@ from transfer.reports import (
     classification_report,
     confident_mistakes,
     confusion_records,
+    drawable,
     per_class_metrics,
     plot_confident_mistakes,
     plot_confusion_matrix,
@@ -85,6 +86,22 @@ def test_figures_are_written_as_png(known, tmp_path):
     plot_per_class(per_class_metrics(labels, probabilities.argmax(1), CLASSES), tmp_path / "per_class.png")
     for name in ("confusion.png", "curves.png", "empty.png", "per_class.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_class_names_the_font_cannot_draw_are_spelled_out_not_boxes(known, tmp_path):
+    import warnings
+
+    assert drawable("daisy") == "daisy" and drawable("Löwenzahn") == "Löwenzahn"
+    assert drawable("\N{ROSE} rose") == "<ROSE> rose"
+    assert drawable("\N{THUMBS UP SIGN}\N{EMOJI MODIFIER FITZPATRICK TYPE-4}") == "<THUMBS UP SIGN>"
+    labels, probabilities = known
+    emoji = ["\N{ROSE} rose", "\N{SUNFLOWER}", "\N{TULIP} tulip", "\N{BLOSSOM}"]
+    assert len(emoji) == len(CLASSES)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plot_confusion_matrix(labels, probabilities.argmax(1), emoji, tmp_path / "confusion.png")
+        plot_per_class(per_class_metrics(labels, probabilities.argmax(1), emoji), tmp_path / "per_class.png")
+    assert not [str(w.message) for w in caught if "missing from font" in str(w.message)]
 
 
 def test_the_mistakes_gallery_shows_the_surest_wrong_predictions_first(tmp_path):
