@@ -96,13 +96,17 @@ def test_epoch_zero_is_kept_when_no_epoch_beats_it():
                        *rows]) == 0
 
 
-def test_an_epoch_that_beats_epoch_zero_is_kept():
-    set_determinism(0)
+def _three_clusters():
+    """240 points in 16 dimensions around three separated centres: (features, one-hot labels)."""
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(3, 16)) * 3
     labels = rng.integers(0, 3, size=240)
-    features = (centres[labels] + rng.normal(size=(240, 16))).astype("float32")
-    one_hot = np.eye(3, dtype="float32")[labels]
+    return (centres[labels] + rng.normal(size=(240, 16))).astype("float32"), np.eye(3, dtype="float32")[labels]
+
+
+def test_an_epoch_that_beats_epoch_zero_is_kept():
+    set_determinism(0)
+    features, one_hot = _three_clusters()
     head = build_head(16, 3, [], 0.0, False)
     compile_for_training(head, 1e-2, 0.0)
     validation = (features[200:], one_hot[200:])
@@ -139,11 +143,7 @@ def test_a_scorer_sharing_the_weights_scores_validation_in_place_of_the_trained_
     import keras
 
     set_determinism(0)
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(3, 16)) * 3
-    labels = rng.integers(0, 3, size=240)
-    features = (centres[labels] + rng.normal(size=(240, 16))).astype("float32")
-    one_hot = np.eye(3, dtype="float32")[labels]
+    features, one_hot = _three_clusters()
     head = build_head(16, 3, [], 0.0, False)
     inputs = keras.Input((16,))
     scorer = keras.Model(inputs, head(inputs * 0.5))  # the same weights, seen through another input
