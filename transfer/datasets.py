@@ -232,7 +232,15 @@ def load_image(path, image_size: tuple[int, int]):
     """Read, decode (JPEG, PNG, GIF or BMP, whatever the extension) and resize one image to float32 RGB."""
     import tensorflow as tf
 
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return decode_resized(tf.io.read_file(path), image_size)
+
+
+def decode_resized(data, image_size: tuple[int, int]):
+    """Decode encoded image bytes (JPEG, PNG, GIF or BMP) to RGB and resize them to float32, as every path in
+    (training, evaluation, predict, the served photo model) does."""
+    import tensorflow as tf
+
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     # Same op and method as the model's own Resizing layer, so training and serving see the same pixels.
     return tf.image.resize(image, image_size, method="bilinear")

@@ -15,6 +15,8 @@ Answer: ``{"predictions": [{"label": "roses", "confidence": 0.93, "error": "", "
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -61,13 +63,13 @@ def classify_bytes(model, classes: list[str], size: tuple[int, int], images: lis
     """A ``pandas.DataFrame``, one row per image: label, confidence, error ('' when fine) and one probability
     column per class; an image that cannot be used has its reason in error, an empty label and NaN figures.
 
-    Decoded and resized as :func:`transfer.datasets.load_image` does, so the probabilities are the ones
-    ``python -m transfer predict`` writes for the same files.
+    Decoded and resized by :func:`transfer.datasets.decode_resized`, as every image of the pipeline is, so the
+    probabilities are the ones ``python -m transfer predict`` writes for the same files.
     """
     import pandas as pd
     import tensorflow as tf
 
-    from transfer.datasets import decode_problem
+    from transfer.datasets import decode_problem, decode_resized
 
     data = [bytes(image) if isinstance(image, (bytes, bytearray, memoryview)) else None for image in images]
     problems = [decode_problem(item) if item is not None else "not image bytes" for item in data]
@@ -75,11 +77,7 @@ def classify_bytes(model, classes: list[str], size: tuple[int, int], images: lis
     probabilities = np.full((len(data), len(classes)), np.nan)
     for start in range(0, len(good), BATCH):
         chosen = good[start : start + BATCH]
-        batch = tf.stack([
-            tf.image.resize(tf.io.decode_image(data[i], channels=3, expand_animations=False), size,
-                            method="bilinear")
-            for i in chosen
-        ])
+        batch = tf.stack([decode_resized(data[i], size) for i in chosen])
         probabilities[chosen] = model(batch, training=False).numpy()
     rows = []
     for scores, problem in zip(probabilities, problems, strict=True):
@@ -105,9 +103,6 @@ def log_photo_model(model_path: Path, classes: list[str]) -> None:
     overlap = {LABEL, CONFIDENCE, ERROR} & set(classes)
     if overlap:
         raise ValueError(f"class names {sorted(overlap)} collide with the answer's own columns; photo model skipped")
-    import logging
-    import warnings
-
     signature = ModelSignature(
         inputs=Schema([ColSpec("binary", IMAGE_COLUMN)]),
         outputs=Schema([ColSpec("string", LABEL), ColSpec("double", CONFIDENCE), ColSpec("string", ERROR),
