@@ -88,7 +88,7 @@ def train_head(features, splits: dict, head, seed: int, classes: int) -> dict[st
     import numpy as np
 
     from transfer.heads import build_head
-    from transfer.training import compile_with, fit, set_determinism
+    from transfer.training import compile_with, fit, plain_scores, set_determinism
 
     set_determinism(seed)
     eye = np.eye(classes, dtype=np.float32)
@@ -99,13 +99,9 @@ def train_head(features, splits: dict, head, seed: int, classes: int) -> dict[st
         fit(model, (features[train], eye[train_y]), (features[val], eye[val_y]), head.training, None,
             shuffle_seed=seed)
 
-    def judged(rows, labels):
-        probabilities = np.asarray(model(features[rows], training=False))
-        picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0)
-        return float((probabilities.argmax(axis=1) == labels).mean()), float(-np.log(picked).mean())
-
-    (val_accuracy, val_loss), (test_accuracy, _) = judged(val, val_y), judged(test, test_y)
-    return {"val_accuracy": val_accuracy, "val_cross_entropy": val_loss, "test_accuracy": test_accuracy}
+    validated, tested = plain_scores(model, features[val], val_y), plain_scores(model, features[test], test_y)
+    return {"val_accuracy": validated["accuracy"], "val_cross_entropy": validated["loss"],
+            "test_accuracy": tested["accuracy"]}
 
 
 def linear_probe(features, splits: dict) -> dict[str, float]:

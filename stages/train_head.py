@@ -33,6 +33,7 @@ from transfer.training import (
     class_weights,
     compile_with,
     fit,
+    plain_scores,
     score,
     set_determinism,
     write_history,
@@ -49,15 +50,6 @@ def as_training_arrays(store: FeatureStore, split: str) -> tuple[np.ndarray, np.
     """Features as float32, one-hot targets, and the integer labels of one split."""
     features, labels = store.load(split)
     return np.asarray(features, dtype=np.float32), np.eye(len(store.classes), dtype=np.float32)[labels], labels
-
-
-def plain_validation(model, features: np.ndarray, labels: np.ndarray, batch_size: int = 1024) -> dict[str, float]:
-    """Cross-entropy (without label smoothing) and accuracy on validation: one yardstick for every search trial,
-    whatever label smoothing each was trained with."""
-    probabilities = np.concatenate([np.asarray(model(features[start:start + batch_size], training=False))
-                                    for start in range(0, len(features), batch_size)])
-    picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0)
-    return {"loss": float(-np.log(picked).mean()), "accuracy": float((probabilities.argmax(axis=1) == labels).mean())}
 
 
 def main() -> None:
@@ -85,7 +77,7 @@ def main() -> None:
                  store.meta["backbone"])
         rows = fit(model, (x_train, y_train), validation, setting.training, weights, shuffle_seed=seed,
                    strategy=setup.strategy)
-        judged = plain_validation(model, x_val, val_labels) if validation is not None else {}
+        judged = plain_scores(model, x_val, val_labels) if validation is not None else {}
         trials.append({"trial": number, **setting_row(setting), "epochs_run": len(rows),
                        "best_epoch": best_epoch(rows), "val_loss": judged.get("loss"),
                        "val_accuracy": judged.get("accuracy"), "kept": 0})

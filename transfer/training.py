@@ -370,6 +370,15 @@ def score(model, data, batch_size: int, strategy=None) -> dict[str, float]:
     return {"loss": float(scored["loss"]), "accuracy": float(scored["accuracy"])}
 
 
+def plain_scores(model, features: np.ndarray, labels: np.ndarray, batch_size: int = 1024) -> dict[str, float]:
+    """Cross-entropy (without label smoothing) and accuracy of a model on in-memory features and integer labels:
+    one yardstick for models trained with different label smoothing (the head search's trials)."""
+    probabilities = np.concatenate([np.asarray(model(features[start:start + batch_size], training=False))
+                                    for start in range(0, len(features), batch_size)])
+    picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0)
+    return {"loss": float(-np.log(picked).mean()), "accuracy": float((probabilities.argmax(axis=1) == labels).mean())}
+
+
 def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
     """Per-epoch history as CSV with an ``epoch`` column (header only when no epoch ran)."""
     write_csv(path, HISTORY_COLUMNS, ([row[column] for column in HISTORY_COLUMNS] for row in rows))
