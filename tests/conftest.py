@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import default_params_tree, make_shapes_dataset
+from tests.helpers import REPO, default_params_tree, make_shapes_dataset
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +36,19 @@ def _restore_tracking_uri():
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+# Left by tools, not by the tests' own writes.
+_TOOL_LEFTOVERS = {".pytest_cache", ".ruff_cache", "__pycache__"}
+
+
+@pytest.fixture(autouse=True)
+def _workspace_untouched():
+    """No test writes into the checkout: no new top-level entry (an ``mlruns/`` from an MLflow store whose
+    artifact root defaulted to the working directory, say), and params.yaml as it was."""
+    names = {path.name for path in REPO.iterdir()}
+    params = (REPO / "params.yaml").read_bytes()
+    yield
+    added = sorted({path.name for path in REPO.iterdir()} - names - _TOOL_LEFTOVERS)
+    assert not added, f"the test wrote {added} into the workspace {REPO}"
+    assert (REPO / "params.yaml").read_bytes() == params, "the test changed the workspace's params.yaml"

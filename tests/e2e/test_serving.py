@@ -45,8 +45,9 @@ def logged(tmp_path_factory):
     save_model(tiny_classifier(mirror=True), folder / "model.keras", CLASSES)
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("serving")
-    with mlflow.start_run() as run:
+    # A SQL store's default artifact root is ./mlruns under the working directory: keep it in the temporary folder.
+    experiment = mlflow.create_experiment("serving", artifact_location=(folder / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment) as run:
         log_photo_model(folder / "model.keras", CLASSES)
     return folder, uri, run.info.run_id
 
