@@ -102,13 +102,18 @@ def main() -> None:
         log.info("fine-tune: kept epoch %d of %d%s", kept, len(rows) - (1 if validation is not None else 0),
                  " (the head as it came: no epoch lowered the validation loss)" if kept == 0 else "")
 
+    else:
+        log.info("fine-tune: epochs 0: the head assembled on the backbone, untrained and unscored (it is the head "
+                 "train-head scored, on the photos instead of the cached features; evaluate scores it on test)")
+
     save_model(model, MODEL, classes)
     write_history(FINE_TUNE_REPORTS / HISTORY, rows)
     plot_history(rows, FINE_TUNE_REPORTS / CURVES, f"Fine-tuning {choice.spec.name}")
-    scored = score(model, validation, tune.training.batch_size, setup.strategy) if validation is not None else {}
+    # The weights kept are those of the best row, whose validation scores are the model's as saved.
+    kept = next((row for row in rows if row["epoch"] == best_epoch(rows)), {}) if validation is not None else {}
     write_json(FINE_TUNE_REPORTS / STAGE_METRICS, {
-        "val_accuracy": scored.get("accuracy"),
-        "val_loss": scored.get("loss"),
+        "val_accuracy": kept.get("val_accuracy"),
+        "val_loss": kept.get("val_loss"),
         "best_epoch": best_epoch(rows),
         "epochs_run": sum(1 for row in rows if row["epoch"] > 0),
         "trainable_backbone_layers": len(unfrozen) if tune.training.epochs else 0,

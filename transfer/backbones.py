@@ -259,7 +259,7 @@ def build_feature_extractor(choice: BackboneChoice, mirror: bool = False):
     Args:
         choice: the backbone, weights and size.
         mirror: average the pooled features of each image and of its horizontal mirror (one backbone run
-            twice, layer :data:`MIRROR_LAYER`): features, and any model built on them, that do not change
+            on both in one batch, layer :data:`MIRROR_LAYER`): features, and any model built on them, that do not change
             when the photo is flipped. Twice the forward passes.
     """
     return build_views(choice, mirror)[0]
@@ -284,7 +284,10 @@ def build_views(choice: BackboneChoice, mirror: bool):
     single = keras.Model(inputs, features, name=f"{choice.spec.name}_features")
     if not mirror:
         return single, single
-    # keras.ops.flip is saved as an operation of the functional graph: the model still loads with Keras alone.
-    mirrored = backbone(keras.ops.flip(x, axis=2), training=False)
-    averaged = keras.layers.Average(name=MIRROR_LAYER)([features, mirrored])
+    # Both views in one batch through one call of the backbone: one graph of it to trace and to load, not two,
+    # and twice the batch per call. keras.ops are saved as operations of the functional graph, so the model
+    # still loads with Keras alone.
+    both = backbone(keras.ops.concatenate([x, keras.ops.flip(x, axis=2)], axis=0), training=False)
+    given, mirrored = keras.ops.split(both, 2, axis=0)
+    averaged = keras.layers.Average(name=MIRROR_LAYER)([given, mirrored])
     return keras.Model(inputs, averaged, name=f"{choice.spec.name}_mirror_features"), single

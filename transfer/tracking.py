@@ -183,8 +183,9 @@ def _log(mlflow, run_name: str, record: dict[str, Any]) -> str:
             # MLflow saves the model in a temporary folder first; TensorFlow's "Assets written to: /tmp/..."
             # would name that folder, which is gone by the time anyone reads it.
             logging.getLogger("tensorflow").setLevel(logging.WARNING)
+            # The signature from the shapes: predicting on an example would trace the model once more (seconds).
             example = np.zeros((1, *record["model_input_size"], 3), dtype="float32")
-            signature = infer_signature(example, np.asarray(model.predict(example, verbose=0)))
+            signature = infer_signature(example, np.zeros((1, int(model.output_shape[-1])), dtype="float32"))
             mlflow.tensorflow.log_model(
                 model,
                 name="model",
