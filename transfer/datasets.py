@@ -228,19 +228,73 @@ def read_split(folder: Path, split: str, raw: Path, classes: list[str]) -> tuple
     return paths, np.asarray([index[row["label"]] for row in rows], dtype=np.int32)
 
 
-def load_image(path, image_size: tuple[int, int]):
-    """Read, decode (JPEG, PNG, GIF or BMP, whatever the extension) and resize one image to float32 RGB."""
+EXIF_ORIENTATION = 0x0112  # the EXIF tag: how the stored pixels must be turned to stand as the camera held them
+
+
+def exif_orientation(source: Path | str | bytes) -> int:
+    """The EXIF orientation of an image file or of encoded bytes: 1 (as stored) to 8; 1 when there is none.
+
+    Phones store a portrait photo's pixels sideways and say so in this tag; every photo viewer turns it
+    upright, and so does the pipeline (:func:`decode_resized`), in training, evaluation, predict and serving.
+    Only the header is read.
+    """
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a huge image's DecompressionBombWarning: the header is all we read
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+                value = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 (no readable EXIF: the pixels stand as stored)
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def exif_orientations(paths: list[str], workers: int = 8) -> list[int]:
+    """:func:`exif_orientation` of each file, in order (headers read in parallel)."""
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(exif_orientation, paths))
+
+
+def orient(image, orientation):
+    """Decoded pixels [height, width, 3] turned as EXIF orientation ``orientation`` (1-8) says, as
+    ``PIL.ImageOps.exif_transpose`` turns them; a graph op, so it runs inside ``tf.data``."""
     import tensorflow as tf
 
-    return decode_resized(tf.io.read_file(path), image_size)
+    turns = {
+        2: lambda: tf.image.flip_left_right(image),
+        3: lambda: tf.image.rot90(image, 2),
+        4: lambda: tf.image.flip_up_down(image),
+        5: lambda: tf.image.transpose(image),
+        6: lambda: tf.image.rot90(image, 3),
+        7: lambda: tf.image.rot90(tf.image.transpose(image), 2),
+        8: lambda: tf.image.rot90(image, 1),
+    }
+    return tf.switch_case(tf.cast(orientation, tf.int32) - 2, [turns[key] for key in range(2, 9)],
+                          default=lambda: tf.identity(image))
 
 
-def decode_resized(data, image_size: tuple[int, int]):
-    """Decode encoded image bytes (JPEG, PNG, GIF or BMP) to RGB and resize them to float32, as every path in
-    (training, evaluation, predict, the served photo model) does."""
+def load_image(path, image_size: tuple[int, int], orientation=None):
+    """Read, decode (JPEG, PNG, GIF or BMP, whatever the extension), turn upright and resize one image to
+    float32 RGB. ``orientation``: its EXIF orientation; None reads it from the file (``path`` a str)."""
+    import tensorflow as tf
+
+    if orientation is None:
+        orientation = exif_orientation(path)
+    return decode_resized(tf.io.read_file(path), image_size, orientation)
+
+
+def decode_resized(data, image_size: tuple[int, int], orientation=1):
+    """Decode encoded image bytes (JPEG, PNG, GIF or BMP) to RGB, turn them upright by their EXIF
+    ``orientation`` (:func:`exif_orientation`) and resize them to float32, as every path (training,
+    evaluation, predict, the served photo model) does."""
     import tensorflow as tf
 
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    image = orient(image, orientation)
     image.set_shape([None, None, 3])
     # Same op and method as the model's own Resizing layer, so training and serving see the same pixels.
     return tf.image.resize(image, image_size, method="bilinear")
@@ -266,7 +320,8 @@ def image_dataset(
     """
     import tensorflow as tf
 
-    dataset = tf.data.Dataset.from_tensor_slices(paths)
+    # Each file's EXIF orientation, read once here from its header, travels with its path.
+    dataset = tf.data.Dataset.from_tensor_slices((paths, np.asarray(exif_orientations(paths), np.int32)))
     if labels is not None:
         one_hot = tf.one_hot(labels, num_classes)
         dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.from_tensor_slices(one_hot)))
@@ -274,9 +329,10 @@ def image_dataset(
         dataset = dataset.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
     workers = cpu_count()
     if labels is None:
-        dataset = dataset.map(lambda p: load_image(p, image_size), num_parallel_calls=workers)
+        dataset = dataset.map(lambda p, o: load_image(p, image_size, o), num_parallel_calls=workers)
     else:
-        dataset = dataset.map(lambda p, y: (load_image(p, image_size), y), num_parallel_calls=workers)
+        dataset = dataset.map(lambda file, y: (load_image(file[0], image_size, file[1]), y),
+                              num_parallel_calls=workers)
     return steady(dataset.batch(batch_size))
 
 

@@ -220,7 +220,7 @@ def plot_confident_mistakes(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     classes = [drawable(name) for name in classes]
     predicted = probabilities.argmax(axis=1)
@@ -233,7 +233,7 @@ def plot_confident_mistakes(
         axis.axis("off")
     for axis, index in zip(axes.flat, worst, strict=False):
         with Image.open(paths[index]) as image:
-            axis.imshow(image.convert("RGB"))
+            axis.imshow(ImageOps.exif_transpose(image).convert("RGB"))  # upright, as the model saw it
         axis.set_title(f"true: {classes[labels[index]]}\npredicted: {classes[predicted[index]]} "
                        f"({probabilities[index, predicted[index]]:.2f})", fontsize=9)
     if not len(worst):

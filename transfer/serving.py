@@ -69,7 +69,7 @@ def classify_bytes(model, classes: list[str], size: tuple[int, int], images: lis
     import pandas as pd
     import tensorflow as tf
 
-    from transfer.datasets import decode_problem, decode_resized
+    from transfer.datasets import decode_problem, decode_resized, exif_orientation
 
     data = [bytes(image) if isinstance(image, (bytes, bytearray, memoryview)) else None for image in images]
     problems = [decode_problem(item) if item is not None else "not image bytes" for item in data]
@@ -77,7 +77,7 @@ def classify_bytes(model, classes: list[str], size: tuple[int, int], images: lis
     probabilities = np.full((len(data), len(classes)), np.nan)
     for start in range(0, len(good), BATCH):
         chosen = good[start : start + BATCH]
-        batch = tf.stack([decode_resized(data[i], size) for i in chosen])
+        batch = tf.stack([decode_resized(data[i], size, exif_orientation(data[i])) for i in chosen])
         probabilities[chosen] = model(batch, training=False).numpy()
     rows = []
     for scores, problem in zip(probabilities, problems, strict=True):

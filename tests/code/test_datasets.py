@@ -7,12 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from transfer.datasets import (
     data_report,
     decode_problem,
+    decode_resized,
+    exif_orientation,
+    image_dataset,
     load_image,
+    orient,
     read_classes,
     read_split,
     scan_images,
@@ -199,3 +203,42 @@ def test_splits_round_trip_with_the_class_order(raw, tmp_path):
     assert [classes[i] for i in labels] == [label for _, label in splits["test"]]
     assert all(path.startswith(str(raw)) for path in paths)
     assert labels.dtype == np.int32
+
+
+def _sideways(path: Path, orientation: int, fmt: str) -> np.ndarray:
+    """Write a 6x4 image of distinct pixels, stored as is and tagged with EXIF ``orientation``; return what a
+    photo viewer shows (Pillow's exif_transpose), as decoded by Pillow."""
+    pixels = np.arange(6 * 4 * 3, dtype=np.uint8).reshape(6, 4, 3) * 3
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, format=fmt, exif=exif.tobytes(), **({"quality": 100} if fmt == "JPEG" else {}))
+    with Image.open(path) as image:
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_photos_stand_upright_as_their_exif_orientation_says(tmp_path, orientation):
+    import tensorflow as tf
+
+    path = tmp_path / f"photo{orientation}.png"
+    upright = _sideways(path, orientation, "PNG")
+    assert exif_orientation(path) == exif_orientation(path.read_bytes()) == orientation
+    stored = tf.io.decode_image(path.read_bytes(), channels=3)
+    np.testing.assert_array_equal(orient(stored, orientation).numpy(), upright)
+    # Through the input pipeline every stage uses, which reads the tag itself, at the upright size.
+    (batch,) = list(image_dataset([str(path)], upright.shape[:2], 1))
+    np.testing.assert_allclose(batch[0].numpy(), upright, atol=1e-4)
+    # And through the bytes path of the served photo model.
+    served = decode_resized(path.read_bytes(), upright.shape[:2], exif_orientation(path.read_bytes()))
+    np.testing.assert_allclose(served.numpy(), upright, atol=1e-4)
+
+
+def test_a_phone_jpeg_and_files_without_exif_read_as_expected(tmp_path):
+    portrait = tmp_path / "portrait.jpg"
+    upright = _sideways(portrait, 6, "JPEG")
+    assert upright.shape[:2] == (4, 6), "orientation 6: stored landscape, shown portrait"
+    assert load_image(str(portrait), (4, 6)).shape == (4, 6, 3)
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (9, 9)).save(plain)
+    assert exif_orientation(plain) == 1 and exif_orientation(b"not an image") == 1
+    assert exif_orientation(tmp_path / "missing.jpg") == 1
