@@ -31,7 +31,9 @@ def main() -> None:
     classes = ", ".join(fetched.classes)
     log.info("download: %d classes in %s (%s): %s", len(fetched.classes), RAW, fetched.layout, classes)
     if fetched.excluded:
-        log.warning("download: %d labels CSV row(s) gave no image (see %s)", len(fetched.excluded), DOWNLOAD_REPORT)
+        log.warning("download: %d entr%s of the source left out: links not followed, labels CSV rows with no "
+                    "image (see %s)", len(fetched.excluded), "y" if len(fetched.excluded) == 1 else "ies",
+                    DOWNLOAD_REPORT)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import logging
+import os
 import posixpath
 import shutil
 import tarfile
@@ -156,32 +157,73 @@ def unwrap(folder: Path) -> Path:
 def find_class_root(folder: Path) -> Path:
     """The folder whose subfolders are the classes: descends through single wrapper folders like ``flower_photos/``."""
     folder = unwrap(folder)
-    subfolders = [child for child in folder.iterdir() if child.is_dir() and not is_hidden(child.name)]
+    subfolders = [child for child in folder.iterdir()
+                  if child.is_dir() and not child.is_symlink() and not is_hidden(child.name)]
     if len(subfolders) < 2:
+        links = [child.name for child in folder.iterdir() if child.is_symlink() and child.is_dir()]
         raise DataError(
             f"{folder} holds {len(subfolders)} class folder(s); expected one subfolder per class "
             "(at least two), each holding that class's images, or set data.labels_csv for a flat folder"
+            + (f" (links to folders are not followed: {', '.join(sorted(links))}; copy the folders in)"
+               if links else "")
         )
     return folder
 
 
-def _left_behind(folder: str, names: list[str]) -> set[str]:
-    """Hidden entries, and links that point nowhere (no image; copytree would fail on them)."""
-    return {name for name in names if is_hidden(name) or not (Path(folder) / name).exists()}
+def _copy_tree(root: Path, folder: Path, target: Path, left_out: list[dict[str, str]], budget: list[int]) -> None:
+    """Copy ``folder`` (under the source ``root``) into ``target``: plain files and folders as they are, a link
+    to a file inside the source as that file. Never followed, each listed in ``left_out`` with its reason:
+    links to folders (they can loop, or pull in a whole other tree), links that lead out of the source or
+    nowhere, and devices, pipes and sockets. The walk is the source's own tree, so it ends; ``budget`` (bytes
+    left, a one-item list) bounds what it copies.
+    """
+    target.mkdir()
+    for entry in sorted(os.scandir(folder), key=lambda item: item.name):
+        if is_hidden(entry.name):
+            continue
+        path = Path(entry.path)
+        reason = None
+        if entry.is_symlink():
+            try:
+                real = path.resolve(strict=True)
+            except (OSError, RuntimeError):  # a dangling link, or a loop of links
+                reason = "a link that leads nowhere (or to itself)"
+            else:
+                if not real.is_relative_to(root.resolve()):
+                    reason = f"a link that leads out of the source, to {real}"
+                elif real.is_dir():
+                    reason = "a link to a folder: not followed (links to folders can loop or repeat a tree)"
+                elif not real.is_file():
+                    reason = "a link to a device, pipe or socket"
+        elif entry.is_dir(follow_symlinks=False):
+            _copy_tree(root, path, target / entry.name, left_out, budget)
+            continue
+        elif not entry.is_file(follow_symlinks=False):
+            reason = "not a regular file (a device, pipe or socket)"
+        if reason is not None:
+            left_out.append({"path": path.relative_to(root).as_posix(), "reason": reason})
+            continue
+        budget[0] -= path.stat().st_size
+        if budget[0] < 0:
+            raise DataError(f"data.source {root} holds more than data.max_bytes; raise data.max_bytes to use it all")
+        shutil.copyfile(path, target / entry.name)
 
 
-def copy_classes(root: Path, target: Path) -> list[str]:
-    """Copy each non-hidden class folder of ``root`` into ``target``, leaving hidden entries behind.
-
-    Links are followed, so ``target`` holds plain files whatever the source held.
+def copy_classes(root: Path, target: Path, max_bytes: int) -> tuple[list[str], list[dict[str, str]]]:
+    """Copy each non-hidden class folder of ``root`` into ``target``, leaving hidden entries behind, as plain
+    files (see :func:`_copy_tree` for links), at most ``max_bytes`` in all.
 
     Returns:
-        The class folder names copied, sorted.
+        (the class folder names copied, sorted; {"path", "reason"} of each entry left out).
     """
-    classes = sorted(child.name for child in root.iterdir() if child.is_dir() and not is_hidden(child.name))
+    classes = sorted(child.name for child in root.iterdir()
+                     if child.is_dir() and not child.is_symlink() and not is_hidden(child.name))
+    left_out = [{"path": child.name, "reason": "a link to a folder: not followed (links to folders can loop or "
+                 "repeat a tree)"} for child in sorted(root.iterdir()) if child.is_symlink() and child.is_dir()]
+    budget = [max_bytes]
     for name in classes:
-        shutil.copytree(root / name, target / name, ignore=_left_behind, symlinks=False)
-    return classes
+        _copy_tree(root, root / name, target / name, left_out, budget)
+    return classes, left_out
 
 
 @dataclass
@@ -191,7 +233,8 @@ class Fetched:
     Attributes:
         classes: the class folder names, sorted.
         layout: ``"class folders"`` or ``"labels CSV <name>"``.
-        excluded: {"path", "reason"} for each labels CSV row that gave no image.
+        excluded: {"path", "reason"} for each labels CSV row that gave no image, and each link (or device)
+            in a source folder that was not followed.
         unlisted: files beside the labelled images that the labels CSV does not name.
     """
 
@@ -244,7 +287,8 @@ def fetch(data: DataParams, target: Path) -> Fetched:
         with atomic_path(target) as staging:
             staging.mkdir()
             if data.labels_csv is None:
-                return Fetched(classes=copy_classes(find_class_root(root), staging), layout="class folders")
+                classes, left_out = copy_classes(find_class_root(root), staging, data.max_bytes)
+                return Fetched(classes=classes, layout="class folders", excluded=left_out)
             labels = locate_labels_csv(data.labels_csv, unwrap(root))
             # Paths in a CSV shipped with the images are relative to its own folder; otherwise to the source.
             images = labels.parent if labels.is_relative_to(root) else root

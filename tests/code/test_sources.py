@@ -253,3 +253,33 @@ def test_a_downloaded_checksum_mismatch_is_refused(shapes_folder, tmp_path, no_b
     payload = _tgz(tmp_path / "photos.tgz", shapes_folder).read_bytes()
     with _Server(payload) as server:
         _refused(_data(server.url, "0" * 64), tmp_path, "checksum mismatch")
+
+
+def test_links_in_a_source_folder_are_followed_only_to_files_inside_it(shapes_folder, tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(shapes_folder, source)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copy(shapes_folder / "square/square_000.jpg", outside / "stray.jpg")
+    circle = source / "circle"
+    (circle / "alias.jpg").symlink_to("circle_002.jpg")  # a file inside: copied as that file
+    (circle / "loop").symlink_to(".")  # followed, this went 40 levels deep
+    (circle / "up").symlink_to("..")  # followed, this pulled in the whole tree again
+    (circle / "stray.jpg").symlink_to(outside / "stray.jpg")
+    (circle / "self.jpg").symlink_to("self.jpg")
+    (source / "linked_class").symlink_to(outside)
+    fetched = fetch(_data(source), tmp_path / "raw")
+    assert fetched.classes == ["circle", "square", "triangle"]
+    assert _classes(tmp_path / "raw") == {"circle": 21, "square": 20, "triangle": 20}
+    assert (tmp_path / "raw/circle/alias.jpg").read_bytes() == (circle / "circle_002.jpg").read_bytes()
+    reasons = {row["path"]: row["reason"] for row in fetched.excluded}
+    assert set(reasons) == {"circle/loop", "circle/up", "circle/stray.jpg", "circle/self.jpg", "linked_class"}
+    assert reasons["circle/loop"].startswith("a link to a folder: not followed")
+    assert reasons["circle/stray.jpg"].startswith("a link that leads out of the source")
+    assert reasons["circle/self.jpg"].startswith("a link that leads nowhere")
+
+
+def test_a_source_folder_larger_than_max_bytes_is_refused(shapes_folder, tmp_path):
+    with pytest.raises(DataError, match="more than data.max_bytes"):
+        fetch(_data(shapes_folder, max_bytes=10_000), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists(), "nothing is left behind"
