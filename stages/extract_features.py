@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this file as a script.
 
-from transfer.backbones import BackboneChoice, build_feature_extractor, resolve
+from transfer.backbones import BackboneChoice, backbone_digest, build_feature_extractor, resolve
 from transfer.datasets import SPLITS as SPLIT_NAMES
 from transfer.datasets import read_classes, read_split
 from transfer.distribute import runtime
@@ -37,6 +37,9 @@ def main() -> dict:
         "image_size": list(choice.image_size),
         "mirror": features.mirror,
         "classes": classes,
+        # Which weights made these features: fine-tune checks its backbone against it (a weights file replaced
+        # at the same path is not a change DVC sees).
+        "backbone_sha256": backbone_digest(extractor),
     }
     return extract_features(extractor, choice.image_size, splits, FEATURES, features.batch_size, features.dtype, meta,
                             runtime=setup)

@@ -15,12 +15,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this file as a script.
 
-from transfer.backbones import BackboneChoice, build_views, resolve
+from transfer.backbones import BackboneChoice, backbone_digest, build_views, resolve
 from transfer.datasets import image_dataset, read_classes, read_split
 from transfer.distribute import runtime
 from transfer.errors import DataError
-from transfer.io import write_json
-from transfer.layout import CURVES, FINE_TUNE_REPORTS, HEAD_MODEL, HISTORY, MODEL, RAW, SPLITS, STAGE_METRICS
+from transfer.io import read_json, write_json
+from transfer.layout import (
+    CURVES,
+    FEATURES,
+    FINE_TUNE_REPORTS,
+    HEAD_MODEL,
+    HISTORY,
+    MODEL,
+    RAW,
+    SPLITS,
+    STAGE_METRICS,
+)
 from transfer.models import assemble_classifier, load_model, save_model, unfreeze_top
 from transfer.params import (
     DistributeParams,
@@ -52,6 +62,18 @@ def parse_params(params: Params) -> tuple[int, BackboneChoice, bool, FineTunePar
             read_distribute(params))
 
 
+def check_backbone(extractor, choice: BackboneChoice) -> None:
+    """The head was trained on features from one backbone's weights; put it on no other (a weights file
+    replaced at the same path since extract-features ran, say)."""
+    made = read_json(FEATURES / "meta.json").get("backbone_sha256")
+    if made is not None and made != backbone_digest(extractor):
+        raise DataError(
+            f"the backbone's weights (weights = {choice.weights or 'none'}) are not the ones that made {FEATURES} "
+            "and the head (the weights file changed since extract-features ran?); re-extract and retrain with "
+            "`dvc repro --force --downstream extract-features`"
+        )
+
+
 def main() -> None:
     seed, choice, mirror, tune, distribute = parse_params(Params.load())
     classes = read_classes(SPLITS)
@@ -60,6 +82,7 @@ def main() -> None:
     train_labels = splits["train"][1]
     with setup.scope():
         extractor, single_view = build_views(choice, mirror)
+        check_backbone(extractor, choice)
         # Seed before loading the head: its Dropout layers draw their random seeds as they are created.
         set_determinism(seed)
         head, head_classes = load_model(HEAD_MODEL)

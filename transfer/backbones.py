@@ -249,6 +249,19 @@ def preprocess(x, preprocessing: str):
 MIRROR_LAYER = "mirror_average"
 
 
+def backbone_digest(model) -> str:
+    """SHA-256 of the weights of the backbone inside ``model`` (every variable, in order): which backbone made
+    a result. extract-features records it with the features; fine-tune refuses a backbone that differs."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for variable in model.get_layer(BACKBONE_LAYER).weights:
+        digest.update(np.ascontiguousarray(np.asarray(variable.numpy())).tobytes())
+    return digest.hexdigest()
+
+
 def build_feature_extractor(choice: BackboneChoice, mirror: bool = False):
     """Raw RGB images of any size in, pooled backbone features out.
 

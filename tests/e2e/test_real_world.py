@@ -190,3 +190,31 @@ def test_a_kaggle_folder_with_a_labels_csv_runs_through(repo, dirty_source, tmp_
     assert data["images"] == 45
     assert {"path": "missing01", "reason": "listed in labels.csv but no such image", "stage": "download"} in data[
         "excluded"]
+
+
+def _resnet_weights(path: Path, scale: float) -> Path:
+    """A weights file for the 32 px ResNet50 of PARAMS: its seeded random weights, times ``scale``."""
+    from transfer.backbones import build_backbone, resolve
+    from transfer.params import BackboneParams
+
+    backbone = build_backbone(resolve(BackboneParams("resnet50", "none", [32, 32])))
+    backbone.set_weights([weight * scale for weight in backbone.get_weights()])
+    backbone.save_weights(path)
+    return path
+
+
+def test_a_weights_file_swapped_in_place_never_gives_a_model(repo, tmp_path):
+    weights = _resnet_weights(tmp_path / "backbone.weights.h5", 1.0)
+    first = run(["dvc", "exp", "run", "-S", f"weights={weights}"], repo)
+    assert stages_run(first)[-1] == "evaluate"
+    _resnet_weights(weights, 0.5)  # other values, same path: DVC sees no change in params or deps
+    result = run(["dvc", "exp", "run", "-S", "fine_tune.lr=0.0002"], repo, check=False)
+    model_left = (repo / "models/model.keras").exists()
+    run(["git", "checkout", "--", "."], repo)
+    run(["dvc", "checkout", "--force"], repo)
+    assert result.returncode != 0 and stages_run(result) == ["fine-tune"]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors and "are not the ones that made data/features" in errors[0], result.stderr
+    assert "dvc repro --force --downstream extract-features" in errors[0]
+    assert "Traceback" not in result.stderr
+    assert not model_left, "DVC cleared the old model before fine-tune ran, and fine-tune wrote none"
