@@ -294,7 +294,8 @@ def decode_resized(data, image_size: tuple[int, int], orientation=1):
 
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
-    image = orient(image, orientation)
+    # Turned as float32, which resizing gives anyway: oneDNN's uint8 kernels log an error line on some CPUs.
+    image = orient(tf.cast(image, tf.float32), orientation)
     image.set_shape([None, None, 3])
     # Same op and method as the model's own Resizing layer, so training and serving see the same pixels.
     return tf.image.resize(image, image_size, method="bilinear")

@@ -127,7 +127,32 @@ def save_model(model, path: Path, classes: list[str]) -> None:
     bare.set_weights(model.get_weights())
     with atomic_path(path) as temporary:
         bare.save(temporary)
+        _drop_save_times(temporary)
     write_json(classes_path(path), classes)
+
+
+# The timestamp every member of a saved model gets: the earliest a zip file can hold.
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def _drop_save_times(path: Path) -> None:
+    """Rewrite a ``.keras`` file without the times of saving (``date_saved`` in ``metadata.json``, each zip
+    member's timestamp), so the same model always has the same bytes and DVC sees no change where there is
+    none. Member order, contents and compression are kept."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path) as saved:
+        members = [(info, saved.read(info)) for info in saved.infolist()]
+    with zipfile.ZipFile(path, "w") as rewritten:
+        for info, data in members:
+            if info.filename == "metadata.json":
+                metadata = json.loads(data)
+                metadata.pop("date_saved", None)
+                data = json.dumps(metadata).encode()
+            fixed = zipfile.ZipInfo(info.filename, date_time=_ZIP_EPOCH)
+            fixed.compress_type, fixed.external_attr = info.compress_type, info.external_attr
+            rewritten.writestr(fixed, data)
 
 
 def load_model(path: Path):

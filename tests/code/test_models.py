@@ -116,6 +116,22 @@ def test_the_saved_model_loads_with_plain_keras_and_takes_raw_pixels(tmp_path):
         assert "optimizer" not in h5py.File(io.BytesIO(weights.read()), "r"), "no optimizer state in the artifact"
 
 
+def test_the_same_model_saved_twice_has_the_same_bytes(tmp_path, monkeypatch):
+    import time
+
+    model = _classifier(size=(40, 40))
+    save_model(model, tmp_path / "first.keras", ["a", "b", "c"])
+    # Keras stamps the time of saving into the file, and zip members carry theirs: a later clock.
+    later = time.time() + 3600
+    monkeypatch.setattr(time, "time", lambda: later)
+    monkeypatch.setattr(time, "localtime", lambda seconds=None: time.gmtime(later))
+    save_model(model, tmp_path / "second.keras", ["a", "b", "c"])
+    assert (tmp_path / "first.keras").read_bytes() == (tmp_path / "second.keras").read_bytes()
+    with zipfile.ZipFile(tmp_path / "first.keras") as bundle:
+        assert {info.date_time for info in bundle.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+        assert "date_saved" not in json.loads(bundle.read("metadata.json"))
+
+
 def test_augmentation_changes_raw_pixels_within_their_range():
     from transfer.params import AugmentParams
     from transfer.training import augmenter
