@@ -156,9 +156,16 @@ def unwrap(folder: Path) -> Path:
 
 def find_class_root(folder: Path) -> Path:
     """The folder whose subfolders are the classes: descends through single wrapper folders like ``flower_photos/``."""
-    folder = unwrap(folder)
+    top, folder = folder, unwrap(folder)
     subfolders = [child for child in folder.iterdir()
                   if child.is_dir() and not child.is_symlink() and not is_hidden(child.name)]
+    files = [child for child in folder.iterdir() if child.is_file() and not is_hidden(child.name)]
+    if not subfolders and files and folder != top:
+        # One folder of images under the source: unwrapped as a wrapper, it is really a single class.
+        raise DataError(
+            f"the source holds a single class folder, {folder.name!r} ({len(files)} files): a classifier needs at "
+            "least two classes, each in a subfolder named after it (or set data.labels_csv for a flat folder)"
+        )
     if len(subfolders) < 2:
         links = [child.name for child in folder.iterdir() if child.is_symlink() and child.is_dir()]
         raise DataError(

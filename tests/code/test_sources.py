@@ -173,7 +173,7 @@ def test_a_file_that_is_no_archive_is_named(tmp_path):
 def test_one_class_folder_points_to_labels_csv(shapes_folder, tmp_path):
     source = tmp_path / "source"
     shutil.copytree(shapes_folder / "circle", source / "all" / "circle")
-    _refused(_data(source), tmp_path, "circle holds 0 class folder.*set data.labels_csv for a flat folder")
+    _refused(_data(source), tmp_path, "single class folder, 'circle'.*set data.labels_csv for a flat folder")
 
 
 class _Server:
@@ -283,3 +283,10 @@ def test_a_source_folder_larger_than_max_bytes_is_refused(shapes_folder, tmp_pat
     with pytest.raises(DataError, match="more than data.max_bytes"):
         fetch(_data(shapes_folder, max_bytes=10_000), tmp_path / "raw")
     assert not (tmp_path / "raw").exists(), "nothing is left behind"
+
+
+def test_a_single_class_is_named_as_such(shapes_folder, tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(shapes_folder / "circle", source / "circle")
+    with pytest.raises(DataError, match=r"a single class folder, 'circle' \(20 files\): a classifier needs at least"):
+        fetch(_data(source), tmp_path / "raw")
