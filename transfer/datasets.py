@@ -258,22 +258,24 @@ def exif_orientations(paths: list[str], workers: int = 8) -> list[int]:
         return list(pool.map(exif_orientation, paths))
 
 
+# Every EXIF orientation is a transpose or not, then a reversal of none, one or both axes (Pillow's
+# exif_transpose: 2 mirrors, 3 turns 180 degrees, 4 flips, 5 transposes, 6 turns 90 clockwise, 7 transverses,
+# 8 turns 90 counter-clockwise). Row k is orientation k; row 0 stands for an unknown value, left as stored.
+_TRANSPOSE = [False, False, False, False, False, True, True, True, True]
+_REVERSE = [(False, False), (False, False), (False, True), (True, True), (True, False),
+            (False, False), (False, True), (True, True), (True, False)]
+
+
 def orient(image, orientation):
-    """Decoded pixels [height, width, 3] turned as EXIF orientation ``orientation`` (1-8) says, as
-    ``PIL.ImageOps.exif_transpose`` turns them; a graph op, so it runs inside ``tf.data``."""
+    """Decoded pixels [height, width, channels] turned as EXIF orientation ``orientation`` (1-8) says, as
+    ``PIL.ImageOps.exif_transpose`` turns them. Table lookups and two ops, no control flow: inside ``tf.data``
+    a ``tf.switch_case`` cost more than decoding the photo."""
     import tensorflow as tf
 
-    turns = {
-        2: lambda: tf.image.flip_left_right(image),
-        3: lambda: tf.image.rot90(image, 2),
-        4: lambda: tf.image.flip_up_down(image),
-        5: lambda: tf.image.transpose(image),
-        6: lambda: tf.image.rot90(image, 3),
-        7: lambda: tf.image.rot90(tf.image.transpose(image), 2),
-        8: lambda: tf.image.rot90(image, 1),
-    }
-    return tf.switch_case(tf.cast(orientation, tf.int32) - 2, [turns[key] for key in range(2, 9)],
-                          default=lambda: tf.identity(image))
+    index = tf.clip_by_value(tf.cast(orientation, tf.int32), 0, 8)
+    perm = tf.gather(tf.constant([[1, 0, 2] if flag else [0, 1, 2] for flag in _TRANSPOSE]), index)
+    dims = tf.gather(tf.constant([[rows, columns, False] for rows, columns in _REVERSE]), index)
+    return tf.raw_ops.Reverse(tensor=tf.transpose(image, perm), dims=dims)
 
 
 def load_image(path, image_size: tuple[int, int], orientation=None):
@@ -294,9 +296,10 @@ def decode_resized(data, image_size: tuple[int, int], orientation=1):
 
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
-    # Turned as float32, which resizing gives anyway: oneDNN's uint8 kernels log an error line on some CPUs.
-    image = orient(tf.cast(image, tf.float32), orientation)
-    image.set_shape([None, None, 3])
+    if not (isinstance(orientation, int) and orientation == 1):
+        # Turned as float32, which resizing gives anyway: oneDNN's uint8 kernels log an error line on some CPUs.
+        image = orient(tf.cast(image, tf.float32), orientation)
+        image.set_shape([None, None, 3])
     # Same op and method as the model's own Resizing layer, so training and serving see the same pixels.
     return tf.image.resize(image, image_size, method="bilinear")
 
@@ -321,8 +324,11 @@ def image_dataset(
     """
     import tensorflow as tf
 
-    # Each file's EXIF orientation, read once here from its header, travels with its path.
-    dataset = tf.data.Dataset.from_tensor_slices((paths, np.asarray(exif_orientations(paths), np.int32)))
+    # Each file's EXIF orientation, read once here from its header, travels with its path; when every photo
+    # stands as stored (most sets), none is turned.
+    orientations = np.asarray(exif_orientations(paths), np.int32)
+    turn = bool((orientations != 1).any())
+    dataset = tf.data.Dataset.from_tensor_slices((paths, orientations))
     if labels is not None:
         one_hot = tf.one_hot(labels, num_classes)
         dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.from_tensor_slices(one_hot)))
@@ -330,9 +336,9 @@ def image_dataset(
         dataset = dataset.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
     workers = cpu_count()
     if labels is None:
-        dataset = dataset.map(lambda p, o: load_image(p, image_size, o), num_parallel_calls=workers)
+        dataset = dataset.map(lambda p, o: load_image(p, image_size, o if turn else 1), num_parallel_calls=workers)
     else:
-        dataset = dataset.map(lambda file, y: (load_image(file[0], image_size, file[1]), y),
+        dataset = dataset.map(lambda file, y: (load_image(file[0], image_size, file[1] if turn else 1), y),
                               num_parallel_calls=workers)
     return steady(dataset.batch(batch_size))
 

@@ -240,5 +240,12 @@ def test_a_phone_jpeg_and_files_without_exif_read_as_expected(tmp_path):
     assert load_image(str(portrait), (4, 6)).shape == (4, 6, 3)
     plain = tmp_path / "plain.png"
     Image.new("RGB", (9, 9)).save(plain)
+    # A set mixing upright and sideways photos: each turned by its own tag.
+    mixed = tmp_path / "mixed.png"
+    sideways = _sideways(mixed, 8, "PNG")
+    level = tmp_path / "level.png"
+    Image.fromarray(sideways).save(level)  # the same pixels, stored upright, no tag
+    first, second = list(image_dataset([str(level), str(mixed)], sideways.shape[:2], 2))[0].numpy()
+    np.testing.assert_allclose(first, second, atol=1e-4)
     assert exif_orientation(plain) == 1 and exif_orientation(b"not an image") == 1
     assert exif_orientation(tmp_path / "missing.jpg") == 1
