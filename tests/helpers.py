@@ -226,3 +226,35 @@ def local_cluster(count: int) -> list[str]:
         each.close()
     return [json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
             for index in range(count)]
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_http(url: str, server, seconds: float) -> None:
+    """Poll ``url`` until it answers. If the ``server`` process exits first, or ``seconds`` pass, stop it and
+    fail with the end of its output (when it was started with ``stdout=PIPE``)."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            return
+        except OSError:  # refused, reset, or an HTTP error while the server starts
+            if server.poll() is None and time.monotonic() < deadline:
+                time.sleep(1)
+                continue
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=30)
+        output = server.stdout.read().decode(errors="replace")[-3000:] if server.stdout else ""
+        raise AssertionError(f"{url} did not answer within {seconds} s (server exit code {server.returncode}):\n"
+                             f"{output}")

@@ -5,7 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import make_pipeline_repo, make_shapes_dataset, pipeline_env, run, stages_run
+from tests.helpers import (
+    free_port,
+    make_pipeline_repo,
+    make_shapes_dataset,
+    pipeline_env,
+    run,
+    stages_run,
+    wait_for_http,
+)
 from transfer.io import read_csv
 from transfer.params import read_params_file
 
@@ -243,16 +251,11 @@ def test_two_queued_experiments_run_at_once(repo, first_run):
 
 
 def test_mlflow_server_serves_the_runs_over_rest(repo, first_run):
-    import socket
     import subprocess
     import sys
-    import time
     import urllib.request
-    from pathlib import Path
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{repo / 'mlflow.db'}", "--workers", "1"],
@@ -260,14 +263,7 @@ def test_mlflow_server_serves_the_runs_over_rest(repo, first_run):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
-                time.sleep(1)
+        wait_for_http(f"{base}/health", server, 120)
         with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=transfer") as r:
             experiment_id = json.load(r)["experiment"]["experiment_id"]
         request = urllib.request.Request(

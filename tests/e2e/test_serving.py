@@ -2,18 +2,15 @@
 
 import base64
 import json
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import make_shapes_dataset, pipeline_env, tiny_classifier
+from tests.helpers import free_port, make_shapes_dataset, pipeline_env, tiny_classifier, wait_for_http
 from transfer.io import read_csv
 from transfer.models import save_model
 from transfer.predict import predict_to_csv
@@ -21,12 +18,6 @@ from transfer.predict import predict_to_csv
 pytestmark = pytest.mark.slow
 
 CLASSES = ["circle", "square", "triangle"]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _post(url: str, payload: dict) -> dict:
@@ -62,22 +53,14 @@ def test_served_photos_come_back_as_predict_writes_them(logged, tmp_path):
     broken.write_bytes(jpeg.read_bytes()[:200])
     files = [jpeg, big, broken]
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{run_id}/photo_model",
          "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
         env=pipeline_env({"MLFLOW_TRACKING_URI": uri}), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5)
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(server.stdout.read().decode()[-3000:]) from None
-                time.sleep(1)
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server, 240)
         payload = {"dataframe_split": {"columns": ["image"], "data": [
             [base64.b64encode(path.read_bytes()).decode()] for path in files]}}
         answer = _post(f"http://127.0.0.1:{port}/invocations", payload)["predictions"]
