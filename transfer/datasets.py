@@ -288,20 +288,27 @@ def load_image(path, image_size: tuple[int, int], orientation=None):
     return decode_resized(tf.io.read_file(path), image_size, orientation)
 
 
+def decode_upright(data, orientation=1):
+    """Encoded image bytes (JPEG, PNG, GIF or BMP) decoded to float32 RGB [height, width, 3], turned upright
+    by their EXIF ``orientation`` (:func:`exif_orientation`; a Python 1 skips the turn)."""
+    import tensorflow as tf
+
+    # float32 before turning, as resizing gives anyway: oneDNN's uint8 kernels log an error line on some CPUs.
+    image = tf.cast(tf.io.decode_image(data, channels=3, expand_animations=False), tf.float32)
+    image.set_shape([None, None, 3])
+    if not (isinstance(orientation, int) and orientation == 1):
+        image = orient(image, orientation)
+        image.set_shape([None, None, 3])
+    return image
+
+
 def decode_resized(data, image_size: tuple[int, int], orientation=1):
-    """Decode encoded image bytes (JPEG, PNG, GIF or BMP) to RGB, turn them upright by their EXIF
-    ``orientation`` (:func:`exif_orientation`) and resize them to float32, as every path (training,
+    """Decode encoded image bytes upright (:func:`decode_upright`) and resize them, as every path (training,
     evaluation, predict, the served photo model) does."""
     import tensorflow as tf
 
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    if not (isinstance(orientation, int) and orientation == 1):
-        # Turned as float32, which resizing gives anyway: oneDNN's uint8 kernels log an error line on some CPUs.
-        image = orient(tf.cast(image, tf.float32), orientation)
-        image.set_shape([None, None, 3])
     # Same op and method as the model's own Resizing layer, so training and serving see the same pixels.
-    return tf.image.resize(image, image_size, method="bilinear")
+    return tf.image.resize(decode_upright(data, orientation), image_size, method="bilinear")
 
 
 def image_dataset(

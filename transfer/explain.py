@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer.backbones import MIRROR_LAYER
-from transfer.datasets import exif_orientation, orient
+from transfer.datasets import decode_upright, exif_orientation
 from transfer.heads import HEAD_LAYER
 from transfer.models import backbone_of
 from transfer.reports import drawable
@@ -120,8 +120,7 @@ def gradcam_sample(
     chosen += wrong[take_wrong : take_wrong + count - len(chosen)]  # too few right ones: more wrong ones
     images, titles, heatmaps, shown = [], [], [], []
     for i in chosen:
-        image = orient(tf.io.decode_image(tf.io.read_file(paths[i]), channels=3, expand_animations=False),
-                       exif_orientation(paths[i])).numpy()  # upright, as the model saw it
+        image = decode_upright(tf.io.read_file(paths[i]), exif_orientation(paths[i])).numpy()  # as the model saw it
         heatmap, _, _ = gradcam(model, image)
         images.append(image)
         heatmaps.append(heatmap)
