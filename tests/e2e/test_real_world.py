@@ -218,3 +218,46 @@ def test_a_weights_file_swapped_in_place_never_gives_a_model(repo, tmp_path):
     assert "dvc repro --force --downstream extract-features" in errors[0]
     assert "Traceback" not in result.stderr
     assert not model_left, "DVC cleared the old model before fine-tune ran, and fine-tune wrote none"
+
+
+def _class_total(repo: Path, name: str) -> int:
+    counts = json.loads((repo / "reports/data.json").read_text())["counts"]
+    return sum(split[name] for split in counts.values())
+
+
+def _status(repo: Path) -> dict:
+    return json.loads(run(["dvc", "status", "--json"], repo).stdout or "{}")
+
+
+def test_photos_changed_in_place_are_a_change_dvc_sees(repo, dirty_source, tmp_path):
+    import shutil
+
+    source = tmp_path / "photos"
+    shutil.copytree(dirty_source[0], source)
+    first = run(["dvc", "exp", "run", "-S", f"data.source={source}"], repo)
+    assert stages_run(first)[0] == "download"
+    circles = _class_total(repo, "circle")
+    assert _status(repo) == {}, "unchanged photos: nothing to do"
+    # Four circles filed as squares, in place: the params and the folder's name are what they were.
+    for photo in sorted((source / "circle").glob("circle_0*"))[:4]:
+        photo.rename(source / "square" / f"moved_{photo.name}")
+    changed = _status(repo)
+    assert list(changed) == ["download"], changed
+    assert changed["download"][0]["changed deps"] == {str(source): "modified"}, changed
+    again = run(["dvc", "exp", "run"], repo)
+    circles_moved = _class_total(repo, "circle")
+    # An archive changed in place: the same name, other bytes.
+    archive = tmp_path / "photos.tgz"
+    with tarfile.open(archive, "w:gz") as bundle:
+        bundle.add(source, arcname="photos")
+    run(["dvc", "exp", "run", "-S", f"data.source={archive}"], repo)
+    with tarfile.open(archive, "w:gz") as bundle:
+        bundle.add(source / "circle", arcname="photos/circle")
+        bundle.add(source / "triangle", arcname="photos/triangle")
+    archived = _status(repo)
+    run(["git", "checkout", "--", "."], repo)
+    run(["dvc", "checkout", "--force"], repo)
+    assert stages_run(again) == ["download", "split", "extract-features", "train-head", "fine-tune", "evaluate"]
+    assert circles_moved == circles - 4, (circles, circles_moved)
+    assert list(archived) == ["download"], archived
+    assert archived["download"][0]["changed deps"] == {str(archive): "modified"}, archived
