@@ -18,6 +18,13 @@ from transfer.io import atomic_path, displayed_path, spreadsheet_safe
 PROBABILITY_EPSILON = 1e-7  # Keras' epsilon: a probability of 0 costs -log(1e-7), not infinity.
 
 
+def probability_scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """Cross-entropy (no label smoothing) and accuracy of [N, C] probabilities against [N] class indices."""
+    true_probability = np.clip(probabilities[np.arange(len(labels)), labels], PROBABILITY_EPSILON, 1.0)
+    return {"loss": float(np.mean(-np.log(true_probability))),
+            "accuracy": float(np.mean(probabilities.argmax(axis=1) == labels))}
+
+
 def summary_metrics(labels: np.ndarray, probabilities: np.ndarray, top_k: int) -> dict[str, float]:
     """The headline figures for a split, as a flat dict for ``reports/metrics.json``.
 
@@ -31,15 +38,15 @@ def summary_metrics(labels: np.ndarray, probabilities: np.ndarray, top_k: int) -
     num_classes = probabilities.shape[1]
     k = min(top_k, num_classes)
     predicted = probabilities.argmax(axis=1)
-    true_probability = np.clip(probabilities[np.arange(len(labels)), labels], PROBABILITY_EPSILON, 1.0)
+    scores = probability_scores(labels, probabilities)
     # Stable sort on negated scores: among tied scores the lower class index ranks first, like argmax.
     top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     precision, recall, f1, _ = precision_recall_fscore_support(
         labels, predicted, labels=range(num_classes), average="macro", zero_division=0
     )
     return {
-        "accuracy": float(np.mean(predicted == labels)),
-        "loss": float(np.mean(-np.log(true_probability))),
+        "accuracy": scores["accuracy"],
+        "loss": scores["loss"],
         "top_k_accuracy": float(np.mean((top == labels[:, None]).any(axis=1))),
         "top_k": k,
         "macro_precision": float(precision),

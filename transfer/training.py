@@ -12,6 +12,7 @@ import numpy as np
 from transfer.datasets import steady
 from transfer.io import write_csv
 from transfer.params import AugmentParams, TrainingParams
+from transfer.reports import probability_scores
 
 log = logging.getLogger(__name__)
 
@@ -375,8 +376,7 @@ def plain_scores(model, features: np.ndarray, labels: np.ndarray, batch_size: in
     one yardstick for models trained with different label smoothing (the head search's trials)."""
     probabilities = np.concatenate([np.asarray(model(features[start:start + batch_size], training=False))
                                     for start in range(0, len(features), batch_size)])
-    picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0)
-    return {"loss": float(-np.log(picked).mean()), "accuracy": float((probabilities.argmax(axis=1) == labels).mean())}
+    return probability_scores(labels, probabilities)
 
 
 def write_history(path: Path, rows: list[dict[str, Any]]) -> None:

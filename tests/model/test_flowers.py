@@ -53,16 +53,15 @@ def test_the_assembled_model_scores_as_the_head_did_on_cached_features(flowers, 
     from transfer.layout import MODEL, RAW, SPLITS
     from transfer.models import load_model
     from transfer.predict import class_probabilities
+    from transfer.reports import probability_scores
 
     monkeypatch.chdir(flowers)
     model, classes = load_model(MODEL)
     paths, labels = read_split(SPLITS, "val", RAW, read_classes(SPLITS))
-    probabilities = class_probabilities(model, paths, 32)
-    loss = float(-np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1)).mean())
-    accuracy = float((probabilities.argmax(axis=1) == labels).mean())
+    scores = probability_scores(labels, class_probabilities(model, paths, 32))
     head = json.loads((flowers / "reports/head/metrics.json").read_text())
-    assert abs(loss - head["val_loss"]) <= 1e-3, (loss, head)
-    assert abs(accuracy - head["val_accuracy"]) <= 1e-6
+    assert abs(scores["loss"] - head["val_loss"]) <= 1e-3, (scores, head)
+    assert abs(scores["accuracy"] - head["val_accuracy"]) <= 1e-6
     assembled = json.loads((flowers / "reports/fine_tune/metrics.json").read_text())
     assert assembled["val_loss"] is None and assembled["epochs_run"] == 0, "epochs 0 assembles, and scores nothing"
     # With no fine-tuning, the deployed model's test accuracy is the head's on the cached test features.
