@@ -177,6 +177,9 @@ def find_class_root(folder: Path) -> Path:
     return folder
 
 
+_FOLDER_LINK = "a link to a folder: not followed (links to folders can loop or repeat a tree)"
+
+
 def _copy_tree(root: Path, folder: Path, target: Path, left_out: list[dict[str, str]], budget: list[int]) -> None:
     """Copy ``folder`` (under the source ``root``) into ``target``: plain files and folders as they are, a link
     to a file inside the source as that file. Never followed, each listed in ``left_out`` with its reason:
@@ -199,7 +202,7 @@ def _copy_tree(root: Path, folder: Path, target: Path, left_out: list[dict[str, 
                 if not real.is_relative_to(root.resolve()):
                     reason = f"a link that leads out of the source, to {real}"
                 elif real.is_dir():
-                    reason = "a link to a folder: not followed (links to folders can loop or repeat a tree)"
+                    reason = _FOLDER_LINK
                 elif not real.is_file():
                     reason = "a link to a device, pipe or socket"
         elif entry.is_dir(follow_symlinks=False):
@@ -225,8 +228,8 @@ def copy_classes(root: Path, target: Path, max_bytes: int) -> tuple[list[str], l
     """
     classes = sorted(child.name for child in root.iterdir()
                      if child.is_dir() and not child.is_symlink() and not is_hidden(child.name))
-    left_out = [{"path": child.name, "reason": "a link to a folder: not followed (links to folders can loop or "
-                 "repeat a tree)"} for child in sorted(root.iterdir()) if child.is_symlink() and child.is_dir()]
+    left_out = [{"path": child.name, "reason": _FOLDER_LINK}
+                for child in sorted(root.iterdir()) if child.is_symlink() and child.is_dir()]
     budget = [max_bytes]
     for name in classes:
         _copy_tree(root, root / name, target / name, left_out, budget)
