@@ -2,6 +2,8 @@
 
 Reads params: evaluate.* (the whole params.yaml is logged to MLflow as the record of the execution, but
 only these shape evaluate's outputs).
+Reads: reports/data_quality/near_duplicates.csv: the test accuracy is also given without the test images that
+have a near-duplicate in train or val (a leak), as ``accuracy_without_leaked``.
 Writes: reports/metrics.json, reports/evaluate/ (per-class figures, classification report, confusion
 records, confusion matrix PNG, predictions CSV, calibration and reliability diagram, Grad-CAM figure when
 asked), reports/tracking.json (the MLflow run logged)
@@ -24,10 +26,20 @@ from transfer.datasets import read_classes, read_split
 from transfer.errors import DataError
 from transfer.explain import gradcam_sample
 from transfer.io import write_csv, write_json, write_text
-from transfer.layout import EVALUATE_REPORTS, MODEL, RAW, SPLITS, TEST_METRICS, TRACKING_RECORD
+from transfer.layout import (
+    DATA_QUALITY_REPORTS,
+    EVALUATE_REPORTS,
+    MODEL,
+    NEAR_DUPLICATES,
+    RAW,
+    SPLITS,
+    TEST_METRICS,
+    TRACKING_RECORD,
+)
 from transfer.models import input_size, load_model
 from transfer.params import EvaluateParams, Params, read_evaluate
 from transfer.predict import class_probabilities
+from transfer.quality import accuracy_without, leaked_test_files
 from transfer.reports import (
     classification_report,
     confusion_records,
@@ -85,6 +97,11 @@ def main() -> None:
 
     metrics = summary_metrics(labels, probabilities, settings.top_k)
     metrics.update(calibrate(model, classes, labels, probabilities, settings))
+    relative = [Path(path).relative_to(RAW).as_posix() for path in paths]
+    leaked = leaked_test_files(DATA_QUALITY_REPORTS / NEAR_DUPLICATES)
+    positions = [index for index, name in enumerate(relative) if name in leaked]
+    metrics["leaked_test_images"] = len(positions)
+    metrics["accuracy_without_leaked"] = accuracy_without(labels, predicted, positions)
     write_json(TEST_METRICS, metrics)
     per_class = per_class_metrics(labels, predicted, classes)
     write_json(EVALUATE_REPORTS / "per_class.json", per_class)
@@ -99,10 +116,11 @@ def main() -> None:
         shown = gradcam_sample(model, paths, labels, probabilities, classes, settings.gradcam,
                                EVALUATE_REPORTS / "gradcam.png")
         write_json(EVALUATE_REPORTS / "gradcam.json", shown)
-    relative = [Path(path).relative_to(RAW).as_posix() for path in paths]
     write_csv(EVALUATE_REPORTS / "predictions.csv", *prediction_rows(relative, labels, probabilities, classes))
-    log.info("evaluate: test accuracy %.4f, top-%d %.4f, macro F1 %.4f on %d images", metrics["accuracy"],
-             metrics["top_k"], metrics["top_k_accuracy"], metrics["macro_f1"], len(paths))
+    log.info("evaluate: test accuracy %.4f, top-%d %.4f, macro F1 %.4f on %d images%s", metrics["accuracy"],
+             metrics["top_k"], metrics["top_k_accuracy"], metrics["macro_f1"], len(paths),
+             f"; {len(positions)} leaked (a near-duplicate in train or val): {metrics['accuracy_without_leaked']:.4f} "
+             "without them" if positions and metrics["accuracy_without_leaked"] is not None else "")
 
     # The whole execution becomes one MLflow run, gathered from the files every stage left.
     run_id = log_execution(collect_execution(model, input_size(model)))

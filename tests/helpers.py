@@ -47,7 +47,7 @@ def make_shapes_dataset(root: Path, per_class: int = 20, size: int = 48, seed: i
     return root
 
 
-PIPELINE_FILES = ("dvc.yaml", "stages", "transfer", ".dvcignore", ".gitignore")
+PIPELINE_FILES = ("dvc.yaml", "stages", "transfer", "curation", ".dvcignore", ".gitignore")
 
 
 def committed_params_text() -> str:

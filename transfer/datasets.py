@@ -6,6 +6,7 @@ later stage reads it from there, never from the folder names again.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer.errors import DataError
-from transfer.io import read_csv, read_json, write_csv, write_json
+from transfer.io import from_spreadsheet_safe, read_csv, read_json, write_csv, write_json
 from transfer.layout import is_hidden, visible_files
 
 SPLITS = ("train", "val", "test")
@@ -200,6 +201,77 @@ def stratified_split(
     return {split: sorted(rows) for split, rows in splits.items()}
 
 
+def _curation_rows(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    """The rows of a curation CSV, which must exist and hold ``columns`` (more are allowed)."""
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: data.exclude and data.relabel name CSV files (a header line alone "
+                        "changes nothing)")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            header = [name.strip() for name in reader.fieldnames or []]
+            reader.fieldnames = header
+            rows = list(reader)
+    except (UnicodeDecodeError, OSError) as error:
+        raise DataError(f"{path} cannot be read as a UTF-8 CSV file: {error}") from error
+    missing = [column for column in columns if column not in header]
+    if missing:
+        raise DataError(f"{path} has no {' or '.join(repr(column) for column in missing)} column; its header is "
+                        f"{','.join(header) or '(empty)'} and it needs {','.join(columns)}")
+    return [{key: from_spreadsheet_safe((row.get(key) or "").strip()) for key in columns} for row in rows]
+
+
+def curate(
+    splits: dict[str, list[tuple[str, str]]], classes: list[str], exclude: Path, relabel: Path
+) -> tuple[dict[str, list[tuple[str, str]]], dict]:
+    """Apply the reviewed fixes to a drawn split: drop the images ``exclude`` lists, give those ``relabel`` lists
+    their corrected class. Every other image keeps its split, so accuracy before and after is measured on the
+    same test images, less those dropped from it. An image both excluded and relabelled is excluded.
+
+    Returns:
+        (the curated splits, {"exclude": path, "relabel": path, "excluded": {split: count},
+        "relabelled": {split: count}, "excluded_files": [{"path", "reason"}]}).
+
+    Raises:
+        DataError: a file that is not an image of the data set (named with the first few), an unknown class,
+            two different labels for one file, or a class left with no training image.
+    """
+    dropped = {row["file"] for row in _curation_rows(exclude, ("file",)) if row["file"]}
+    corrections: dict[str, str] = {}
+    for row in _curation_rows(relabel, ("file", "label")):
+        if not row["file"]:
+            continue
+        if row["label"] not in classes:
+            raise DataError(f"{relabel}: {row['file']} is relabelled {row['label']!r}, which is not a class; the "
+                            f"classes are {', '.join(classes)}")
+        if corrections.setdefault(row["file"], row["label"]) != row["label"]:
+            raise DataError(f"{relabel}: {row['file']} is given two labels, {corrections[row['file']]!r} and "
+                            f"{row['label']!r}")
+    known = {path for rows in splits.values() for path, _ in rows}
+    for listed, path in ((dropped, exclude), (set(corrections), relabel)):
+        unknown = sorted(listed - known)
+        if unknown:
+            shown = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+            raise DataError(f"{path} names {len(unknown)} file(s) that are not images of this data set: {shown}; "
+                            "paths are relative to data/raw, as reports/data_quality/*.csv writes them")
+    curated: dict[str, list[tuple[str, str]]] = {}
+    report = {"exclude": str(exclude), "relabel": str(relabel), "excluded": {}, "relabelled": {},
+              "excluded_files": []}
+    for split, rows in splits.items():
+        kept = [(path, corrections.get(path, label)) for path, label in rows if path not in dropped]
+        curated[split] = kept
+        report["excluded"][split] = len(rows) - len(kept)
+        report["relabelled"][split] = sum(1 for path, label in rows
+                                          if path not in dropped and corrections.get(path, label) != label)
+        report["excluded_files"] += [{"path": path, "reason": f"listed in {exclude}"}
+                                     for path, _ in rows if path in dropped]
+    empty = [name for name in classes if not any(label == name for _, label in curated["train"])]
+    if empty:
+        raise DataError(f"after {exclude} and {relabel}, class(es) {', '.join(empty)} have no training image; "
+                        "keep at least one, or remove the class folder")
+    return curated, report
+
+
 def write_splits(folder: Path, splits: dict[str, list[tuple[str, str]]], classes: list[str]) -> None:
     """Write ``<split>.csv`` (path,label) for each split and the class order to ``classes.json``."""
     for split, rows in splits.items():
@@ -372,7 +444,8 @@ def steady(dataset):
     return dataset.prefetch(2).with_options(options)
 
 
-def data_report(scan: ImageScan, splits: dict[str, list[tuple[str, str]]], fetched: dict | None = None) -> dict:
+def data_report(scan: ImageScan, splits: dict[str, list[tuple[str, str]]], fetched: dict | None = None,
+                curation: dict | None = None) -> dict:
     """What download and split found and did: counts per class and split, duplicates, every file left out.
 
     Args:
@@ -380,6 +453,7 @@ def data_report(scan: ImageScan, splits: dict[str, list[tuple[str, str]]], fetch
         splits: the split made of them.
         fetched: download's own report (``reports/download.json``), whose left-out labels CSV rows join the
             list of excluded files; None when there is none.
+        curation: what :func:`curate` did; its excluded files join the list, its counts go in as ``curation``.
     """
     counts = {
         split: {name: sum(1 for _, label in rows if label == name) for name in scan.classes}
@@ -392,6 +466,8 @@ def data_report(scan: ImageScan, splits: dict[str, list[tuple[str, str]]], fetch
     fetched = fetched or {}
     excluded = [{**row, "stage": "download"} for row in fetched.get("excluded", [])]
     excluded += [{**row, "stage": "split"} for row in scan.excluded]
+    curation = dict(curation or {})
+    excluded += [{**row, "stage": "split"} for row in curation.pop("excluded_files", [])]
     return {
         "classes": scan.classes,
         "images": len(scan.images),
@@ -402,4 +478,5 @@ def data_report(scan: ImageScan, splits: dict[str, list[tuple[str, str]]], fetch
         "duplicates": duplicates,
         "excluded": excluded,
         "unlisted_by_labels_csv": fetched.get("unlisted", 0),
+        "curation": curation or None,
     }

@@ -121,6 +121,11 @@ def spreadsheet_safe(text: str) -> str:
     return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
+def from_spreadsheet_safe(text: str) -> str:
+    """The name :func:`spreadsheet_safe` was given back: its apostrophe dropped where it added one."""
+    return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_STARTS) else text
+
+
 def displayed_path(path: str | os.PathLike) -> str:
     """A path as text that can always be written: bytes of a name that are not UTF-8 shown as ``\\xNN``."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")

@@ -14,6 +14,7 @@ DATA_REPORT = REPORTS / "data.json"
 HEAD_REPORTS = REPORTS / "head"
 FINE_TUNE_REPORTS = REPORTS / "fine_tune"
 EVALUATE_REPORTS = REPORTS / "evaluate"
+DATA_QUALITY_REPORTS = REPORTS / "data_quality"  # train-head's report on the data: suspects, leaks, outliers
 TEST_METRICS = REPORTS / "metrics.json"
 TIMINGS = REPORTS / "timings"  # <stage>.json: wall seconds of each stage
 TRACKING_RECORD = REPORTS / "tracking.json"  # the MLflow run evaluate logged
@@ -36,3 +37,10 @@ def visible_files(root: Path) -> list[Path]:
         path for path in root.rglob("*")
         if path.is_file() and not any(is_hidden(part) for part in path.relative_to(root).parts)
     )
+
+# reports/data_quality: what the data-quality report writes (and metrics.json, its counts).
+LABEL_ISSUES = "label_issues.csv"
+NEAR_DUPLICATES = "near_duplicates.csv"
+OUTLIERS = "outliers.csv"
+LABEL_ISSUES_FIGURE = "label_issues.png"
+OUTLIERS_FIGURE = "outliers.png"

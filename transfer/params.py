@@ -216,6 +216,34 @@ class SplitParams:
 
 
 @dataclass(frozen=True)
+class CurationParams:
+    """The reviewed fixes to the data set, which split applies after drawing the split.
+
+    Attributes:
+        exclude: a CSV whose ``file`` column names images to leave out (paths relative to ``data/raw``).
+        relabel: a CSV whose ``file`` and ``label`` columns give images their corrected class.
+    """
+
+    exclude: str
+    relabel: str
+
+
+@dataclass(frozen=True)
+class QualityParams:
+    """The data-quality report train-head writes from the cached features (``reports/data_quality``).
+
+    Attributes:
+        folds: k of the k-fold out-of-fold probabilities.
+        duplicate_similarity: the cosine similarity of features from which two images count as near-duplicates.
+        gallery: images shown in each of the label-suspect and outlier figures.
+    """
+
+    folds: int
+    duplicate_similarity: float
+    gallery: int
+
+
+@dataclass(frozen=True)
 class FeatureParams:
     """How the bottleneck features are computed and stored.
 
@@ -342,6 +370,26 @@ def read_split(params: Params) -> SplitParams:
     if val + test >= 1.0:
         raise params.fail("split.test", test, f"split.val + split.test below 1 (split.val is {val})")
     return SplitParams(val=val, test=test)
+
+
+def read_curation(params: Params) -> CurationParams:
+    """``data.exclude`` and ``data.relabel``: paths of CSV files (DVC dependencies of split, so always given)."""
+    paths = {}
+    for key in ("data.exclude", "data.relabel"):
+        value = params.value(key)
+        if not isinstance(value, str) or not value.strip():
+            raise params.fail(key, value, "the path of a CSV file (one with only its header changes nothing); "
+                              "DVC tracks it, so it cannot be null")
+        paths[key] = value.strip()
+    return CurationParams(exclude=paths["data.exclude"], relabel=paths["data.relabel"])
+
+
+def read_quality(params: Params) -> QualityParams:
+    return QualityParams(
+        folds=params.int("quality.folds", minimum=2, maximum=100),
+        duplicate_similarity=params.number("quality.duplicate_similarity", 0.5, 1.0),
+        gallery=params.int("quality.gallery", minimum=0, maximum=200),
+    )
 
 
 def read_features(params: Params) -> FeatureParams:

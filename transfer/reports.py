@@ -218,32 +218,46 @@ def confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, count: int
     return wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:count]
 
 
-def plot_confident_mistakes(
-    paths: Sequence[str], labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str], path: Path,
-    count: int = 12,
-) -> None:
-    """A gallery of the wrong predictions the model was surest of: image, true and predicted class, confidence."""
+def plot_gallery(entries: Sequence[tuple[str | Path, str]], path: Path, title: str, empty: str) -> None:
+    """Images upright (EXIF orientation applied, as the model sees them), each with its caption, four a row.
+
+    Args:
+        entries: (image path, caption) in the order shown.
+        path: the PNG to write.
+        title: the figure's title.
+        empty: what the figure says when there is no entry.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from PIL import Image, ImageOps
 
-    classes = [drawable(name) for name in classes]
-    predicted = probabilities.argmax(axis=1)
-    wrong = int(np.sum(predicted != labels))
-    worst = confident_mistakes(labels, probabilities, count)
-    columns = min(4, max(1, len(worst)))
-    rows = max(1, -(-len(worst) // columns))
+    columns = min(4, max(1, len(entries)))
+    rows = max(1, -(-len(entries) // columns))
     figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
-    for axis, index in zip(axes.flat, worst, strict=False):
-        with Image.open(paths[index]) as image:
-            axis.imshow(ImageOps.exif_transpose(image).convert("RGB"))  # upright, as the model saw it
-        axis.set_title(f"true: {classes[labels[index]]}\npredicted: {classes[predicted[index]]} "
-                       f"({probabilities[index, predicted[index]]:.2f})", fontsize=9)
-    if not len(worst):
-        axes[0, 0].text(0.5, 0.5, "no mistakes on the test split", ha="center", va="center")
-    figure.suptitle(f"Most confident mistakes ({len(worst)} of {wrong} wrong)")
+    for axis, (image_path, caption) in zip(axes.flat, entries, strict=False):
+        with Image.open(image_path) as image:
+            image.draft("RGB", (320, 320))  # a JPEG decodes at a fraction of its size: a thumbnail is enough
+            axis.imshow(ImageOps.exif_transpose(image).convert("RGB"))
+        axis.set_title(drawable(caption), fontsize=9)
+    if not entries:
+        axes[0, 0].text(0.5, 0.5, empty, ha="center", va="center")
+    figure.suptitle(drawable(title))
     _save_figure(figure, path)
+
+
+def plot_confident_mistakes(
+    paths: Sequence[str], labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str], path: Path,
+    count: int = 12,
+) -> None:
+    """A gallery of the wrong predictions the model was surest of: image, true and predicted class, confidence."""
+    predicted = probabilities.argmax(axis=1)
+    wrong = int(np.sum(predicted != labels))
+    worst = confident_mistakes(labels, probabilities, count)
+    entries = [(paths[index], f"true: {classes[labels[index]]}\npredicted: {classes[predicted[index]]} "
+                              f"({probabilities[index, predicted[index]]:.2f})") for index in worst]
+    plot_gallery(entries, path, f"Most confident mistakes ({len(worst)} of {wrong} wrong)",
+                 "no mistakes on the test split")

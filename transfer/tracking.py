@@ -24,6 +24,7 @@ from typing import Any
 from transfer.distribute import is_chief
 from transfer.io import read_csv, read_json
 from transfer.layout import (
+    DATA_QUALITY_REPORTS,
     DATA_REPORT,
     EVALUATE_REPORTS,
     FINE_TUNE_REPORTS,
@@ -101,7 +102,8 @@ def collect_execution(model=None, model_input_size: tuple[int, int] | None = Non
     # Read as the stages read it (YAML 1.2, DVC's reading), so the run shows the values the stages used.
     tree = read_params_file(PARAMS_FILE)
     metrics = dict(read_json(TEST_METRICS))
-    for prefix, folder in (("head", HEAD_REPORTS), ("fine_tune", FINE_TUNE_REPORTS)):
+    for prefix, folder in (("head", HEAD_REPORTS), ("fine_tune", FINE_TUNE_REPORTS),
+                           ("data_quality", DATA_QUALITY_REPORTS)):
         if (folder / STAGE_METRICS).is_file():
             metrics.update({f"{prefix}_{key}": value for key, value in read_json(folder / STAGE_METRICS).items()})
     current, ran = execution_id(), []
@@ -117,7 +119,8 @@ def collect_execution(model=None, model_input_size: tuple[int, int] | None = Non
         if (folder / HISTORY).is_file()
     }
     artifacts = [TEST_METRICS, DATA_REPORT, *sorted(EVALUATE_REPORTS.glob("*")),
-                 *sorted(HEAD_REPORTS.glob("*")), *sorted(FINE_TUNE_REPORTS.glob("*"))]
+                 *sorted(HEAD_REPORTS.glob("*")), *sorted(FINE_TUNE_REPORTS.glob("*")),
+                 *sorted(DATA_QUALITY_REPORTS.glob("*"))]
     return {
         "params": flatten(tree),
         "params_tree": tree,

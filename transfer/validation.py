@@ -20,12 +20,14 @@ from transfer.params import (
     UNFREEZE_ALL,
     Params,
     read_backbone,
+    read_curation,
     read_data,
     read_distribute,
     read_evaluate,
     read_features,
     read_fine_tune,
     read_head,
+    read_quality,
     read_split,
 )
 
@@ -48,11 +50,13 @@ def check_all(params: Params) -> None:
     """
     params.seed()
     read_data(params)
+    read_curation(params)
     read_split(params)
     choice = resolve(read_backbone(params), params.source)
     read_features(params)
     read_distribute(params)
     read_head(params)
+    read_quality(params)
     unfreeze = read_fine_tune(params).unfreeze
     layers = LAYER_COUNTS.get(choice.spec.name)
     if isinstance(unfreeze, int) and layers is not None and unfreeze > layers:
