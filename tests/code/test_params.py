@@ -16,6 +16,7 @@ from transfer.params import (
     read_features,
     read_fine_tune,
     read_head,
+    read_quality,
     read_split,
 )
 from transfer.stage import run_stage
@@ -200,7 +201,8 @@ def test_params_rewritten_by_dvc_set_param_read_as_dvc_reads_them(default_params
     }
     head, tune = read_head(params), read_fine_tune(params)
     sections = {"head": asdict(head.training), "fine_tune": asdict(tune.training),
-                "fine_tune.augment": asdict(tune.augment), "evaluate": asdict(read_evaluate(params))}
+                "fine_tune.augment": asdict(tune.augment), "evaluate": asdict(read_evaluate(params)),
+                "quality": asdict(read_quality(params))}
     for section, fields in sections.items():
         reads.update({f"{section}.{name}": value for name, value in fields.items()})
     reads.update({"head.dropout": head.dropout, "head.batchnorm": head.batchnorm, "head.search": head.search,
