@@ -2,6 +2,7 @@
 
     python -m transfer predict models/model.keras photos/ more/*.jpg --out predictions.csv
     python -m transfer export models/model.keras --format tflite --quantize float16
+    python -m transfer exclude --splits train,val            # the flagged label suspects, into curation/exclude.csv
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ def _export(args: argparse.Namespace) -> dict:
     from transfer.export import export_model
 
     return export_model(args.model, args.format, args.quantize, args.out, _check_images(args.images))
+
+
+def _exclude(args: argparse.Namespace) -> dict:
+    from transfer.quality import add_exclusions
+
+    splits = [name.strip() for name in args.splits.split(",") if name.strip()]
+    return add_exclusions(args.report, args.file, splits, args.top, args.outliers)
 
 
 def _positive(text: str) -> int:
@@ -97,6 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--images", nargs="+", metavar="PATH", default=None,
                         help="images, folders or globs to check the export on (default: the pipeline's test split)")
     export.set_defaults(run=_export)
+
+    exclude = commands.add_parser(
+        "exclude", help="add the data-quality report's suspects to curation/exclude.csv",
+        description="Add images from reports/data_quality to the exclude list that split applies (rows already "
+                    "there stay; none is added twice). Then `dvc repro` re-runs from split. Leave the test "
+                    "split out to compare accuracy on the same test images before and after.",
+    )
+    exclude.add_argument("--splits", default="train,val",
+                         help="comma-separated splits whose images to add (default: train,val)")
+    exclude.add_argument("--top", type=_positive, default=None,
+                         help="the first N rows of label_issues.csv instead of the flagged suspects")
+    exclude.add_argument("--outliers", action="store_true", help="add the flagged outliers too")
+    exclude.add_argument("--report", type=Path, default=Path("reports/data_quality"),
+                         help="the data-quality report folder (default: reports/data_quality)")
+    exclude.add_argument("--file", type=Path, default=Path("curation/exclude.csv"),
+                         help="the exclude list to add to (default: curation/exclude.csv, data.exclude's default)")
+    exclude.set_defaults(run=_exclude)
     return parser
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from transfer.errors import DataError
+from transfer.errors import DataError, UserError
 from transfer.io import atomic_path, from_spreadsheet_safe, read_csv, spreadsheet_safe, write_csv, write_json
 from transfer.layout import (
     LABEL_ISSUES,
@@ -350,3 +350,35 @@ def write_report(images: Images, report: QualityReport, folder: Path, raw: Path,
         plot_gallery(gallery_entries(images, raw, report, gallery, "outliers"), staging / OUTLIERS_FIGURE,
                      f"Outliers: the first {shown} of {len(report.outliers)}, far from every class", "no outlier")
         write_json(staging / STAGE_METRICS, metrics)
+
+
+def add_exclusions(report: Path, exclude: Path, splits: list[str], top: int | None, outliers: bool) -> dict:
+    """Add the flagged suspects (or the first ``top`` ranked rows), and with ``outliers`` the flagged outliers,
+    of ``splits`` to the ``exclude`` CSV, keeping its rows; returns what was added.
+
+    Raises:
+        UserError: an unknown split, or no report (run the pipeline first).
+    """
+    unknown = [name for name in splits if name not in SPLIT_ORDER]
+    if unknown or not splits:
+        raise UserError(f"--splits {','.join(splits) or '(none)'} is invalid: expected some of "
+                        f"{', '.join(SPLIT_ORDER)}")
+    issues_path = report / LABEL_ISSUES
+    if not issues_path.is_file():
+        raise UserError(f"{issues_path} does not exist; run the pipeline (dvc repro) first")
+    ranked = read_csv(issues_path)
+    chosen = ranked[:top] if top is not None else [row for row in ranked if row["suspect"] == "1"]
+    if outliers:
+        chosen += read_csv(report / OUTLIERS)
+    names = [from_spreadsheet_safe(row["file"]) for row in chosen if row["split"] in splits]
+    rows = read_csv(exclude) if exclude.is_file() else []
+    header = list(rows[0]) if rows else ["file"]
+    if rows and "file" not in header:
+        raise UserError(f"{exclude} has no 'file' column; its header is {','.join(header)}")
+    existing = {from_spreadsheet_safe(row["file"]) for row in rows}
+    added = [name for name in dict.fromkeys(names) if name not in existing]
+    # Rows already there stay as they were, other columns included; the new ones fill in only the file.
+    write_csv(exclude, header, [*([row[key] for key in header] for row in rows),
+                                *([spreadsheet_safe(name) if key == "file" else "" for key in header]
+                                  for name in added)])
+    return {"file": str(exclude), "added": len(added), "total": len(rows) + len(added), "splits": splits}

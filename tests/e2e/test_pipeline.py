@@ -87,6 +87,14 @@ def test_repro_runs_all_six_stages_and_writes_every_report(repo, first_run):
     assert tuned["best_epoch"] in (0, 1) and tuned["epochs_run"] == 1
     head = json.loads((repo / "reports/head/metrics.json").read_text())
     assert 0 <= head["test_accuracy"] <= 1 and head["test_loss"] > 0, "the head alone on the cached test features"
+    quality = json.loads((repo / "reports/data_quality/metrics.json").read_text())
+    assert quality["images"] == 45 and quality["folds"] == 5
+    assert quality["head_test_accuracy"] == round(head["test_accuracy"], 4)
+    for name in ("label_issues.csv", "near_duplicates.csv", "outliers.csv", "label_issues.png", "outliers.png"):
+        assert (repo / "reports/data_quality" / name).stat().st_size > 0, name
+    assert metrics["leaked_test_images"] == quality["leaked_test_images"]
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    assert "reports/data_quality/metrics.json" in json.dumps(shown), "the report's counts are DVC metrics"
 
 
 def test_a_second_repro_runs_nothing(repo, first_run):
@@ -116,6 +124,25 @@ def test_a_head_experiment_reuses_the_cached_features(repo, first_run):
     assert _noise(result) == []
     shown = run(["dvc", "exp", "show", "--json"], repo).stdout
     assert "0.005" in shown
+
+
+def test_a_reviewed_exclusion_reruns_from_split_and_every_other_image_keeps_its_split(repo, first_run):
+    _back_to_baseline(repo)
+    splits = ("train", "val", "test")
+    before = {split: read_csv(repo / f"data/splits/{split}.csv") for split in splits}
+    dropped = [before["train"][0]["path"], before["test"][0]["path"]]
+    (repo / "curation/exclude.csv").write_text("file\n" + "".join(f"{name}\n" for name in dropped))
+    status = run(["dvc", "status"], repo).stdout
+    assert "split:" in status and "curation/exclude.csv" in status, status
+    result = run(["dvc", "repro"], repo)
+    assert stages_run(result) == ALL_STAGES[1:]
+    after = {split: read_csv(repo / f"data/splits/{split}.csv") for split in splits}
+    assert after == {"train": before["train"][1:], "val": before["val"], "test": before["test"][1:]}
+    report = json.loads((repo / "reports/data.json").read_text())
+    assert report["curation"]["excluded"] == {"train": 1, "val": 0, "test": 1}
+    assert {row["path"] for row in report["excluded"] if "curation/exclude.csv" in row["reason"]} == set(dropped)
+    assert json.loads((repo / "reports/metrics.json").read_text())["images"] == 8
+    _back_to_baseline(repo)
 
 
 def test_a_head_search_keeps_the_trial_with_the_lowest_validation_loss(repo, first_run):
