@@ -194,6 +194,10 @@ def planted_leak(repo: Path, seed: int) -> dict:
     }
 
 
+def shown(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def print_table(results: dict) -> None:
     flips, cure, leak = results["label_errors"], results["curation"], results["leak"]
     print(f"\nplanted label errors: {flips['found_in_first_2x']} of {flips['flipped']} flipped photos in the first "
@@ -208,9 +212,10 @@ def print_table(results: dict) -> None:
     print(f"  suspects dropped everywhere      {cure['dropped_everywhere_accuracy']:.4f} on "
           f"{cure['dropped_everywhere_test_images']} images (baseline on those: "
           f"{cure['baseline_accuracy_on_the_same_remaining_images']:.4f})")
-    print(f"planted leak: {leak['found']} of {leak['planted']} found; head test accuracy "
-          f"{leak['head_test_accuracy_before_leak']:.4f} before, {leak['head_test_accuracy_with_leak']:.4f} with the "
-          f"leak, {leak['head_test_accuracy_with_leak_without_leaked_images']:.4f} without the leaked images")
+    print(f"planted leak: {leak['found']} of {leak['planted']} found ({leak['leaked_test_images_reported']} test "
+          f"images reported leaked); head test accuracy {shown(leak['head_test_accuracy_before_leak'])} before, "
+          f"{shown(leak['head_test_accuracy_with_leak'])} with the leak, "
+          f"{shown(leak['head_test_accuracy_with_leak_without_leaked_images'])} without the leaked images")
 
 
 def main(argv: list[str] | None = None) -> int:
