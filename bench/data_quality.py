@@ -1,6 +1,6 @@
 """Does the data-quality report find what is planted, and what do its fixes do to the measured accuracy?
 
-    python bench/data_quality.py [--quick] [--seed 0] [--out bench/data_quality.json]
+    python bench/data_quality.py [--quick] [--seed 0] [--curation-seeds 3] [--out bench/data_quality.json]
 
 Runs the real pipeline (``dvc repro``, and for the planted leak the stage scripts themselves) in fresh copies:
 
@@ -8,14 +8,15 @@ Runs the real pipeline (``dvc repro``, and for the planted leak the stage script
    ``dvc repro`` (fine-tuning included). Reported: how many of the moved photos are among the first 2x-as-many
    rows of ``reports/data_quality/label_issues.csv``, among the flagged suspects, and the report's seconds
    against the whole execution's.
-2. **Curation.** On the photos as they are (``fine_tune.epochs: 0``, so each run takes a minute), the flagged
-   suspects go into ``curation/exclude.csv``: first only those in train and val (the test images stay the
-   same), then all of them (test images dropped too, which flatters the score). Each is a ``dvc repro`` that
-   re-runs from split. Reported: test accuracy before and after, on the same images.
+2. **Curation.** On the photos as they are (``fine_tune.epochs: 0``, so each run takes a minute), for each of
+   ``--curation-seeds`` split seeds, the flagged suspects go into ``curation/exclude.csv``: first only those
+   in train and val (the test images stay the same), then all of them (test images dropped too, which
+   flatters the score). Each is a ``dvc repro`` that re-runs from split. Reported: test accuracy before and
+   after, on the same images, per seed and their mean.
 3. **Planted leak.** 10 seeded test photos are resized to 80% and re-encoded as JPEG at quality 70 into the
    training split (``data/raw`` and ``data/splits/train.csv``), and extract-features and train-head run
-   again. Reported: how many of the 10 the report pairs with their copy, and the head's test accuracy with
-   and without the leaked images.
+   again (in the first seed's copy). Reported: how many of the 10 the report pairs with their copy, and the
+   head's test accuracy with and without the leaked images.
 
 Prints a table and writes the record as JSON. Data: the shared 1,000-photo dev set with the shared
 MobileNetV2 0.35 weights. ``--quick``: generated shapes, random weights, 32 px (minutes; what the test runs).
@@ -63,11 +64,11 @@ def photos(args, work: Path) -> Path:
     return next(path.parent for path in sorted((work / "dev").rglob("*")) if path.is_file()).parent
 
 
-def base_params(args, source: Path) -> dict:
+def base_params(args, source: Path, seed: int) -> dict:
     if args.quick:
-        return {**QUICK_PARAMS, "backbone": QUICK_BACKBONE, "data.source": str(source), "seed": args.seed}
+        return {**QUICK_PARAMS, "backbone": QUICK_BACKBONE, "data.source": str(source), "seed": seed}
     return {"backbone": DEV_BACKBONE, "weights": str(SHARED_WEIGHTS[DEV_BACKBONE]), "data.source": str(source),
-            "seed": args.seed}
+            "seed": seed}
 
 
 def flip_labels(source: Path, target: Path, seed: int) -> set[str]:
@@ -95,7 +96,7 @@ def seconds(repo: Path) -> dict[str, float]:
 
 def planted_label_errors(args, source: Path, work: Path) -> dict:
     flipped = flip_labels(source, work / "flipped", args.seed)
-    repo = make_pipeline_repo(work / "flipped_repo", base_params(args, work / "flipped"))
+    repo = make_pipeline_repo(work / "flipped_repo", base_params(args, work / "flipped", args.seed))
     run(["dvc", "repro"], repo)
     ranked = read_rows(repo / "reports/data_quality/label_issues.csv")
     metrics = read_json(repo / "reports/data_quality/metrics.json")
@@ -198,20 +199,30 @@ def shown(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def mean(runs: list[dict], key: str) -> float:
+    return round(sum(run[key] for run in runs) / len(runs), 4)
+
+
 def print_table(results: dict) -> None:
-    flips, cure, leak = results["label_errors"], results["curation"], results["leak"]
+    flips, leak = results["label_errors"], results["leak"]
     print(f"\nplanted label errors: {flips['found_in_first_2x']} of {flips['flipped']} flipped photos in the first "
           f"{2 * flips['flipped']} rows ({flips['recall_first_2x']:.0%}); {flips['flipped_among_flagged']} among the "
           f"{flips['flagged_suspects']} flagged suspects")
     print(f"report: {flips['report_seconds']:.1f} s of a {flips['execution_seconds']:.1f} s dvc repro "
           f"({flips['report_share_of_execution']:.1%})")
-    print(f"curation ({cure['suspects']} suspects: {cure['suspects_in_train_val']} train/val, "
-          f"{cure['suspects_in_test']} test), test accuracy:")
-    print(f"  baseline                         {cure['baseline_accuracy']:.4f} on {cure['test_images']} images")
-    print(f"  suspects dropped from train/val  {cure['dropped_from_train_val_accuracy']:.4f} on the same images")
-    print(f"  suspects dropped everywhere      {cure['dropped_everywhere_accuracy']:.4f} on "
-          f"{cure['dropped_everywhere_test_images']} images (baseline on those: "
-          f"{cure['baseline_accuracy_on_the_same_remaining_images']:.4f})")
+    for seed, cure in results["curation"].items():
+        print(f"curation, split seed {seed} ({cure['suspects']} suspects: {cure['suspects_in_train_val']} train/val, "
+              f"{cure['suspects_in_test']} test), test accuracy:")
+        print(f"  baseline                         {cure['baseline_accuracy']:.4f} on {cure['test_images']} images")
+        print(f"  suspects dropped from train/val  {cure['dropped_from_train_val_accuracy']:.4f} on the same images")
+        print(f"  suspects dropped everywhere      {cure['dropped_everywhere_accuracy']:.4f} on "
+              f"{cure['dropped_everywhere_test_images']} images (baseline on those: "
+              f"{cure['baseline_accuracy_on_the_same_remaining_images']:.4f})")
+    runs = list(results["curation"].values())
+    print(f"curation, mean of {len(runs)} seed(s): baseline {mean(runs, 'baseline_accuracy'):.4f}, suspects dropped "
+          f"from train/val {mean(runs, 'dropped_from_train_val_accuracy'):.4f} (same images); dropped everywhere "
+          f"{mean(runs, 'dropped_everywhere_accuracy'):.4f} against the baseline's "
+          f"{mean(runs, 'baseline_accuracy_on_the_same_remaining_images'):.4f} on the same remaining images")
     print(f"planted leak: {leak['found']} of {leak['planted']} found ({leak['leaked_test_images_reported']} test "
           f"images reported leaked); head test accuracy {shown(leak['head_test_accuracy_before_leak'])} before, "
           f"{shown(leak['head_test_accuracy_with_leak'])} with the leak, "
@@ -222,20 +233,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="generated images, random weights: minutes")
     parser.add_argument("--seed", type=int, default=0, help="the split seed, and the flips' and the leak's")
+    parser.add_argument("--curation-seeds", type=int, default=None,
+                        help="split seeds of the curation runs, from --seed on (default: 3; 1 with --quick)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "data_quality.json", help="where to write")
     args = parser.parse_args(argv)
-    results: dict[str, object] = {"quick": args.quick, "seed": args.seed}
+    seeds = range(args.seed, args.seed + (args.curation_seeds or (1 if args.quick else 3)))
+    results: dict[str, object] = {"quick": args.quick, "seed": args.seed, "curation": {}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as scratch:
         work = Path(scratch)
         source = photos(args, work)
         results["label_errors"] = planted_label_errors(args, source, work)
         write_json_whole(args.out, results)
-        repo = make_pipeline_repo(work / "repo", {**base_params(args, source), "fine_tune.epochs": 0})
-        run(["dvc", "repro"], repo)
-        results["curation"] = curation(repo)
-        write_json_whole(args.out, results)
-        results["leak"] = planted_leak(repo, args.seed)
+        for seed in seeds:
+            repo = make_pipeline_repo(work / f"repo{seed}", {**base_params(args, source, seed), "fine_tune.epochs": 0})
+            run(["dvc", "repro"], repo)
+            results["curation"][str(seed)] = curation(repo)
+            write_json_whole(args.out, results)
+        results["leak"] = planted_leak(work / f"repo{args.seed}", args.seed)
         write_json_whole(args.out, results)
     print_table(results)
     print(f"\nwrote {args.out}")

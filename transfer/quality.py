@@ -28,6 +28,7 @@ images, not with its square; the time grows with its square (about a second for 
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,8 +117,6 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, n_classe
     if smallest < folds:
         log.info("data quality: the smallest class has %d image(s), fewer than %d folds", smallest, folds)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed % 2**32)
-    import warnings
-
     with warnings.catch_warnings():
         # "The least populated class in y has only N members": said once above, in words that name the data.
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
@@ -265,7 +264,7 @@ def label_issue_rows(images: Images, report: QualityReport) -> list[list[Any]]:
 LABEL_ISSUE_COLUMNS = ["rank", "file", "split", "given_label", "suggested_label", "self_confidence",
                        "suggested_confidence", "suspect"]
 DUPLICATE_COLUMNS = ["file_a", "split_a", "label_a", "file_b", "split_b", "label_b", "similarity", "leak"]
-OUTLIER_COLUMNS = ["rank", "file", "split", "label", "outlier_score", "nearest_class"]
+OUTLIER_COLUMNS = ["rank", "file", "split", "label", "outlier_score", "suggested_label"]
 
 
 def duplicate_rows(images: Images, pairs: list[tuple[int, int, float]]) -> list[list[Any]]:

@@ -20,7 +20,7 @@ def test_quick_data_quality_bench_finds_what_it_planted(tmp_path):
     assert flips["photos"] == 90 and flips["flipped"] == round(0.05 * 90)
     assert flips["found_in_first_2x"] >= 0.8 * flips["flipped"], "three shapes tell planted errors apart"
     assert 0 < flips["report_seconds"] < flips["execution_seconds"]
-    cure = results["curation"]
+    (cure,) = results["curation"].values()
     assert cure["suspects"] == cure["suspects_in_train_val"] + cure["suspects_in_test"]
     assert cure["dropped_everywhere_test_images"] == cure["test_images"] - cure["suspects_in_test"]
     leak = results["leak"]

@@ -196,8 +196,10 @@ def test_each_execution_is_one_complete_mlflow_run_in_the_workspace_store(repo, 
     assert first.data.params["backbone"] == "resnet50" and first.data.params["head.epochs"] == "40"
     assert first.data.tags["backbone"] == "resnet50" and len(first.data.tags["git_commit"]) == 40
     assert first.data.metrics["accuracy"] == json.loads((repo / "reports/metrics.json").read_text())["accuracy"]
-    for name in ("extract_features_seconds", "extract_features_images_per_second", "train_head_seconds"):
+    for name in ("extract_features_seconds", "extract_features_images_per_second", "train_head_seconds",
+                 "data_quality_images", "data_quality_seconds"):
         assert first.data.metrics[name] > 0, name
+    assert "data_quality_label_issues" in first.data.metrics and "leaked_test_images" in first.data.metrics
     # The run lasts as long as the execution: the six stages' times, not the seconds evaluate took to log it.
     _back_to_baseline(repo)
     timings = [json.loads(path.read_text()) for path in (repo / "reports/timings").glob("*.json")]
@@ -207,9 +209,10 @@ def test_each_execution_is_one_complete_mlflow_run_in_the_workspace_store(repo, 
     assert abs(duration - total) <= 0.1 * total, (duration, total)
     assert len(client.get_metric_history(first.info.run_id, "head_epoch_val_loss")) >= 1
     assert len(client.get_metric_history(first.info.run_id, "fine_tune_epoch_loss")) == 1
-    artifacts = {a.path for folder in ("reports/evaluate", "reports/head") for a in
+    artifacts = {a.path for folder in ("reports/evaluate", "reports/head", "reports/data_quality") for a in
                  client.list_artifacts(first.info.run_id, folder)}
-    assert {"reports/evaluate/confusion_matrix.png", "reports/head/curves.png"} <= artifacts
+    assert {"reports/evaluate/confusion_matrix.png", "reports/head/curves.png",
+            "reports/data_quality/label_issues.csv", "reports/data_quality/outliers.png"} <= artifacts
     import mlflow
 
     model = mlflow.pyfunc.load_model(f"runs:/{first.info.run_id}/model")
