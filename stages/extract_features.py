@@ -1,31 +1,65 @@
-"""extract-features: run the frozen backbone once over every split and cache its pooled features.
+"""extract-features: run the frozen backbone once over every split and cache its pooled features; then the
+data-quality report from them (transfer/quality.py): suspected label errors, near-duplicates across splits and
+outliers. Here, once per feature cache, and not in train-head, which would redo it for every head experiment
+although nothing in it depends on the head.
 
 Reads params: backbone, weights, image_size, features.batch_size, features.dtype, features.mirror, strategy,
-mixed_precision.
-Writes: data/features/ ({split}_features.npy, {split}_labels.npy, meta.json)
+mixed_precision; seed and quality.* for the report.
+Writes: data/features/ ({split}_features.npy, {split}_labels.npy, meta.json), reports/data_quality/
+(label_issues.csv, near_duplicates.csv, outliers.csv, label_issues.png, outliers.png, metrics.json)
 """
 
+import logging
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this file as a script.
 
+from transfer import quality
 from transfer.backbones import BackboneChoice, backbone_digest, build_feature_extractor, resolve
 from transfer.datasets import SPLITS as SPLIT_NAMES
 from transfer.datasets import read_classes, read_split
 from transfer.distribute import runtime
-from transfer.features import extract_features
-from transfer.layout import FEATURES, RAW, SPLITS
-from transfer.params import DistributeParams, FeatureParams, Params, read_backbone, read_distribute, read_features
+from transfer.features import FeatureStore, extract_features
+from transfer.layout import DATA_QUALITY_REPORTS, FEATURES, RAW, SPLITS
+from transfer.params import (
+    DistributeParams,
+    FeatureParams,
+    Params,
+    QualityParams,
+    read_backbone,
+    read_distribute,
+    read_features,
+    read_quality,
+)
 from transfer.stage import run_stage
 
+log = logging.getLogger("extract-features")
 
-def parse_params(params: Params) -> tuple[BackboneChoice, FeatureParams, DistributeParams]:
-    return resolve(read_backbone(params), params.source), read_features(params), read_distribute(params)
+
+def parse_params(params: Params) -> tuple[BackboneChoice, FeatureParams, DistributeParams, int, QualityParams]:
+    return (resolve(read_backbone(params), params.source), read_features(params), read_distribute(params),
+            params.seed(), read_quality(params))
+
+
+def report_data_quality(checks: QualityParams, seed: int) -> float:
+    """reports/data_quality from the feature cache just written; returns its seconds (for the stage's timing
+    record, not for metrics.json, whose figures are the same for the same inputs)."""
+    start = time.perf_counter()
+    images = quality.load_images(FeatureStore(FEATURES), SPLITS)
+    report = quality.assess(images, checks.folds, checks.duplicate_similarity, seed)
+    metrics = quality.summary(images, report, checks.folds, checks.duplicate_similarity)
+    quality.write_report(images, report, DATA_QUALITY_REPORTS, RAW, checks.gallery, metrics)
+    seconds = time.perf_counter() - start
+    log.info("data quality: %d suspected label error(s), %d near-duplicate pair(s) across splits (%d test image(s) "
+             "leaked), %d outlier(s), in %.1f s (see %s)", metrics["label_issues"], metrics["near_duplicate_pairs"],
+             metrics["leaked_test_images"], metrics["outliers"], seconds, DATA_QUALITY_REPORTS)
+    return round(seconds, 2)
 
 
 def main() -> dict:
-    choice, features, distribute = parse_params(Params.load())
+    choice, features, distribute, seed, checks = parse_params(Params.load())
     classes = read_classes(SPLITS)
     splits = {split: read_split(SPLITS, split, RAW, classes) for split in SPLIT_NAMES}
     setup = runtime(distribute)
@@ -41,8 +75,9 @@ def main() -> dict:
         # at the same path is not a change DVC sees).
         "backbone_sha256": backbone_digest(extractor),
     }
-    return extract_features(extractor, choice.image_size, splits, FEATURES, features.batch_size, features.dtype, meta,
-                            runtime=setup)
+    stats = extract_features(extractor, choice.image_size, splits, FEATURES, features.batch_size, features.dtype,
+                             meta, runtime=setup)
+    return {**stats, "data_quality_seconds": report_data_quality(checks, seed)}
 
 
 if __name__ == "__main__":

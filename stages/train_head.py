@@ -4,55 +4,28 @@ With ``head.search: N`` it tries N settings (the params as written, then N - 1 d
 rate, dropout, hidden width, label smoothing, weight decay), each trained with early stopping, and keeps the
 one with the lowest validation cross-entropy.
 
-Then it writes the data-quality report from the same cached features (transfer/quality.py): suspected label
-errors, near-duplicates across splits with their effect on the head's test accuracy, and outliers.
-
-Reads params: seed, head.*, quality.*, strategy, mixed_precision.
-Reads: data/features, data/splits (the file names), data/raw (the galleries' images).
+Reads params: seed, head.*, strategy, mixed_precision.
 Writes: models/head.keras (+ classes), reports/head/{history.csv,metrics.json,curves.png,search.csv}; the
 metrics hold the head's validation figures, its accuracy on the cached test features (so every run shows what
 fine-tuning added) and the setting kept; search.csv holds every trial (one row without a search).
-reports/data_quality/{label_issues.csv,near_duplicates.csv,outliers.csv,label_issues.png,outliers.png,
-metrics.json}.
 """
 
 import logging
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this file as a script.
 
 import numpy as np
 
-from transfer import quality
 from transfer.distribute import runtime
 from transfer.errors import ParamError
 from transfer.features import FeatureStore
 from transfer.heads import build_head, search_settings, setting_row
 from transfer.io import write_csv, write_json
-from transfer.layout import (
-    CURVES,
-    DATA_QUALITY_REPORTS,
-    FEATURES,
-    HEAD_MODEL,
-    HEAD_REPORTS,
-    HISTORY,
-    RAW,
-    SEARCH,
-    SPLITS,
-    STAGE_METRICS,
-)
+from transfer.layout import CURVES, FEATURES, HEAD_MODEL, HEAD_REPORTS, HISTORY, SEARCH, STAGE_METRICS
 from transfer.models import save_model
-from transfer.params import (
-    DistributeParams,
-    HeadParams,
-    Params,
-    QualityParams,
-    read_distribute,
-    read_head,
-    read_quality,
-)
+from transfer.params import DistributeParams, HeadParams, Params, read_distribute, read_head
 from transfer.reports import plot_history
 from transfer.stage import run_stage
 from transfer.training import (
@@ -69,8 +42,8 @@ from transfer.training import (
 log = logging.getLogger("train-head")
 
 
-def parse_params(params: Params) -> tuple[int, HeadParams, QualityParams, DistributeParams]:
-    return params.seed(), read_head(params), read_quality(params), read_distribute(params)
+def parse_params(params: Params) -> tuple[int, HeadParams, DistributeParams]:
+    return params.seed(), read_head(params), read_distribute(params)
 
 
 def as_training_arrays(store: FeatureStore, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -80,7 +53,7 @@ def as_training_arrays(store: FeatureStore, split: str) -> tuple[np.ndarray, np.
 
 
 def main() -> None:
-    seed, head, checks, distribute = parse_params(Params.load())
+    seed, head, distribute = parse_params(Params.load())
     setup = runtime(distribute)
     store = FeatureStore(FEATURES)
     x_train, y_train, train_labels = as_training_arrays(store, "train")
@@ -145,32 +118,6 @@ def main() -> None:
         "chosen_label_smoothing": setting.training.label_smoothing,
         "chosen_weight_decay": trials[chosen]["weight_decay"],
     })
-    report_data_quality(store, checks, seed, model, x_test, setting.training.batch_size)
-
-
-def report_data_quality(store: FeatureStore, checks: QualityParams, seed: int, head, x_test: np.ndarray,
-                        batch_size: int) -> None:
-    """reports/data_quality, with the head's test accuracy with and without the test images that leaked."""
-    start = time.perf_counter()
-    images = quality.load_images(store, SPLITS)
-    report = quality.assess(images, checks.folds, checks.duplicate_similarity, seed)
-    metrics = quality.summary(images, report, checks.folds, checks.duplicate_similarity)
-    if len(x_test):
-        # Called directly, batch by batch: predict() would build a tf.data pipeline for a few hundred rows.
-        predicted = np.concatenate([np.argmax(np.asarray(head(x_test[start : start + batch_size], training=False)),
-                                              axis=1) for start in range(0, len(x_test), batch_size)])
-        test_rows = np.flatnonzero(images.splits == "test")
-        leaked = np.searchsorted(test_rows, quality.leaked(images, report.pairs, "test"))
-        labels = images.labels[test_rows]
-        metrics["head_test_accuracy"] = round(float(np.mean(predicted == labels)), 4)
-        without = quality.accuracy_without(labels, predicted, leaked)
-        metrics["head_test_accuracy_without_leaked"] = None if without is None else round(without, 4)
-    metrics["seconds"] = round(time.perf_counter() - start, 2)
-    quality.write_report(images, report, DATA_QUALITY_REPORTS, RAW, checks.gallery, metrics)
-    log.info("data quality: %d suspected label error(s), %d near-duplicate pair(s) across splits (%d test "
-             "image(s) leaked), %d outlier(s), in %.1f s (see %s)", metrics["label_issues"],
-             metrics["near_duplicate_pairs"], metrics["leaked_test_images"], metrics["outliers"], metrics["seconds"],
-             DATA_QUALITY_REPORTS)
 
 
 if __name__ == "__main__":
