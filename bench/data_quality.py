@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import shutil
 import sys
 import tarfile
@@ -40,19 +39,12 @@ import numpy as np  # noqa: E402
 
 from bench.accuracy import DEV_ARCHIVE, QUICK_BACKBONE, QUICK_PARAMS, SHARED_WEIGHTS, write_json_whole  # noqa: E402
 from tests.helpers import make_pipeline_repo, make_shapes_dataset, run  # noqa: E402
+from transfer.io import read_csv, read_json  # noqa: E402
+from transfer.quality import leaked_test_files  # noqa: E402
 
 FLIP_FRACTION = 0.05
 LEAKED = 10
 DEV_BACKBONE = "mobilenetv2_0.35"
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
 
 
 def photos(args, work: Path) -> Path:
@@ -98,7 +90,7 @@ def planted_label_errors(args, source: Path, work: Path) -> dict:
     flipped = flip_labels(source, work / "flipped", args.seed)
     repo = make_pipeline_repo(work / "flipped_repo", base_params(args, work / "flipped", args.seed))
     run(["dvc", "repro"], repo)
-    ranked = read_rows(repo / "reports/data_quality/label_issues.csv")
+    ranked = read_csv(repo / "reports/data_quality/label_issues.csv")
     metrics = read_json(repo / "reports/data_quality/metrics.json")
     first = {row["file"] for row in ranked[: 2 * len(flipped)]}
     flagged = {row["file"] for row in ranked if row["suspect"] == "1"}
@@ -121,7 +113,7 @@ def planted_label_errors(args, source: Path, work: Path) -> dict:
 
 def test_predictions(repo: Path) -> dict[str, bool]:
     """{test file: predicted right} from evaluate's predictions CSV."""
-    rows = read_rows(repo / "reports/evaluate/predictions.csv")
+    rows = read_csv(repo / "reports/evaluate/predictions.csv")
     return {row["path"]: row["label"] == row["predicted"] for row in rows}
 
 
@@ -138,7 +130,7 @@ def exclude(repo: Path, files: list[str]) -> None:
 def curation(repo: Path) -> dict:
     """Exclude the flagged suspects from train and val, then from every split; accuracy on the same images."""
     baseline = test_predictions(repo)
-    suspects = [row for row in read_rows(repo / "reports/data_quality/label_issues.csv") if row["suspect"] == "1"]
+    suspects = [row for row in read_csv(repo / "reports/data_quality/label_issues.csv") if row["suspect"] == "1"]
     training = [row["file"] for row in suspects if row["split"] != "test"]
     in_test = [row["file"] for row in suspects if row["split"] == "test"]
     exclude(repo, training)
@@ -167,7 +159,7 @@ def planted_leak(repo: Path, seed: int) -> dict:
     from PIL import Image, ImageOps
 
     before = read_json(repo / "reports/metrics.json")
-    tests = read_rows(repo / "data/splits/test.csv")
+    tests = read_csv(repo / "data/splits/test.csv")
     rng = np.random.default_rng(seed)
     chosen = [tests[index] for index in sorted(rng.choice(len(tests), min(LEAKED, len(tests)), replace=False))]
     with (repo / "data/splits/train.csv").open("a", newline="", encoding="utf-8") as handle:
@@ -183,9 +175,7 @@ def planted_leak(repo: Path, seed: int) -> dict:
     for stage in ("extract_features", "train_head", "fine_tune", "evaluate"):
         run([sys.executable, f"stages/{stage}.py"], repo)
     after = read_json(repo / "reports/metrics.json")
-    leaked = set()
-    for pair in read_rows(repo / "reports/data_quality/near_duplicates.csv"):
-        leaked.update(pair[f"file_{side}"] for side in "ab" if pair[f"split_{side}"] == "test")
+    leaked = leaked_test_files(repo / "reports/data_quality/near_duplicates.csv")
     return {
         "planted": len(chosen),
         "found": len(leaked & {row["path"] for row in chosen}),

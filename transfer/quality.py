@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from transfer.datasets import SPLITS
 from transfer.errors import DataError, UserError
 from transfer.io import atomic_path, from_spreadsheet_safe, read_csv, spreadsheet_safe, write_csv, write_json
 from transfer.layout import (
@@ -52,7 +53,6 @@ NEIGHBOURS = 5  # nearest images of a class that measure an image's closeness to
 OUTLIER_IQRS = 1.5  # flagged: an outlier score above the upper quartile by this many interquartile ranges (Tukey)
 BLOCK = 1024  # rows of the similarity matrix computed at a time
 PROBE_C = 10.0  # inverse regularisation strength of the out-of-fold logistic regression (unit-length rows)
-SPLIT_ORDER = ("train", "val", "test")
 
 
 @dataclass
@@ -74,7 +74,7 @@ def gather(features_by_split: dict[str, tuple[np.ndarray, np.ndarray]], files_by
         DataError: a split's features and its file list disagree in length (a stale cache).
     """
     files, splits, labels, features = [], [], [], []
-    for split in SPLIT_ORDER:
+    for split in SPLITS:
         if split not in features_by_split:
             continue
         x, y = features_by_split[split]
@@ -92,7 +92,7 @@ def gather(features_by_split: dict[str, tuple[np.ndarray, np.ndarray]], files_by
 
 def load_images(store, splits_folder: Path) -> Images:
     """Every split's cached features (a :class:`transfer.features.FeatureStore`) with its file names."""
-    present = [split for split in SPLIT_ORDER if split in store.meta.get("counts", {})]
+    present = [split for split in SPLITS if split in store.meta.get("counts", {})]
     files = {split: [row["path"] for row in read_csv(splits_folder / f"{split}.csv")] for split in present}
     return gather({split: store.load(split) for split in present}, files, store.classes)
 
@@ -296,7 +296,7 @@ def accuracy_without(labels: np.ndarray, predicted: np.ndarray, dropped) -> floa
 def summary(images: Images, report: QualityReport, folds: int, threshold: float) -> dict[str, Any]:
     """The counts that go into ``dvc metrics`` and MLflow."""
     predicted = report.probabilities.argmax(axis=1)
-    per_split = {split: int(np.sum(images.splits[report.suspects] == split)) for split in SPLIT_ORDER}
+    per_split = {split: int(np.sum(images.splits[report.suspects] == split)) for split in SPLITS}
     return {
         "images": len(images.files),
         "folds": folds,
@@ -358,10 +358,10 @@ def add_exclusions(report: Path, exclude: Path, splits: list[str], top: int | No
     Raises:
         UserError: an unknown split, or no report (run the pipeline first).
     """
-    unknown = [name for name in splits if name not in SPLIT_ORDER]
+    unknown = [name for name in splits if name not in SPLITS]
     if unknown or not splits:
         raise UserError(f"--splits {','.join(splits) or '(none)'} is invalid: expected some of "
-                        f"{', '.join(SPLIT_ORDER)}")
+                        f"{', '.join(SPLITS)}")
     issues_path = report / LABEL_ISSUES
     if not issues_path.is_file():
         raise UserError(f"{issues_path} does not exist; run the pipeline (dvc repro) first")
