@@ -69,8 +69,8 @@ def check_backbone(extractor, choice: BackboneChoice) -> None:
     if made is not None and made != backbone_digest(extractor):
         raise DataError(
             f"the backbone's weights (weights = {choice.weights or 'none'}) are not the ones that made {FEATURES} "
-            "and the head (the weights file changed since extract-features ran?); re-extract and retrain with "
-            "`dvc repro --force --downstream extract-features`"
+            "and the head (the weights file changed since extract-features ran, and this stage was run without "
+            "DVC?); `dvc repro` re-extracts and retrains: it sees the change in inputs/weights"
         )
 
 

@@ -47,7 +47,7 @@ def make_shapes_dataset(root: Path, per_class: int = 20, size: int = 48, seed: i
     return root
 
 
-PIPELINE_FILES = ("dvc.yaml", "stages", "transfer", "curation", ".dvcignore", ".gitignore")
+PIPELINE_FILES = ("dvc.yaml", "stages", "transfer", "curation", "inputs", ".dvcignore", ".gitignore")
 
 
 def committed_params_text() -> str:
@@ -78,7 +78,11 @@ def set_param(tree: dict, dotted: str, value) -> None:
 
 
 def make_pipeline_repo(root: Path, overrides: dict) -> Path:
-    """A fresh git + DVC repository holding this project's pipeline, with params overridden; committed."""
+    """A fresh git + DVC repository holding this project's pipeline, with params overridden; committed.
+
+    A ``weights`` override naming a file is copied into ``inputs/weights/`` (where the pipeline takes weights
+    files from, as a user would put it) and the param names the copy; the copy is not committed.
+    """
     import shutil
 
     import yaml
@@ -90,6 +94,9 @@ def make_pipeline_repo(root: Path, overrides: dict) -> Path:
             shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, root / name)
+    weights = overrides.get("weights")
+    if weights is not None and str(weights).lower() not in ("imagenet", "none"):
+        overrides = {**overrides, "weights": install_weights(root, Path(weights))}
     params = default_params_tree()
     for key, value in overrides.items():
         set_param(params, key, value)
@@ -103,6 +110,16 @@ def make_pipeline_repo(root: Path, overrides: dict) -> Path:
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-q", "-m", "pipeline"], root)
     return root
+
+
+def install_weights(repo: Path, weights: Path) -> str:
+    """Copy a weights file into ``repo``'s ``inputs/weights/``; returns the ``weights`` param naming it."""
+    import shutil
+
+    target = repo / "inputs" / "weights" / weights.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(weights, target)
+    return target.relative_to(repo).as_posix()
 
 
 def pipeline_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transfer.errors import DataError, ParamError
-from transfer.params import BackboneParams, repo_path
+from transfer.params import BackboneParams
 
 # What each family's preprocess_input does (keras.applications.imagenet_utils):
 #   caffe: RGB -> BGR, then subtract the ImageNet mean per channel (VGG, ResNet v1);
@@ -150,11 +150,13 @@ def resolve(params: BackboneParams, source: str = "params.yaml") -> BackboneChoi
     elif params.weights.lower() == "none":
         weights = None
     else:
-        path = repo_path(params.weights)
+        # Relative to the stage's directory, where DVC hashed inputs/weights (see params.input_file).
+        path = Path(params.weights).expanduser()
         if not path.is_file():
             raise ParamError(
                 f"{source}: weights = {params.weights!r} is invalid: expected imagenet, none, "
-                f"or the path of an existing weights file (looked for {path.resolve()})"
+                f"or the path of an existing weights file (looked for {path.resolve()}; a queued experiment "
+                "sees only files in git or added with `dvc add`)"
             )
         weights = str(path.resolve())
     size = params.image_size or (spec.native_size, spec.native_size)

@@ -13,9 +13,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from transfer.errors import DataError
+from transfer.errors import DataError, ParamError
 from transfer.layout import visible_files
-from transfer.params import repo_path
+from transfer.params import LABELS_FOLDER, input_file
 
 # Header names recognised (case-insensitive), in order of preference.
 FILE_COLUMNS = ("file", "filename", "file_name", "path", "filepath", "image", "image_id", "id", "fname")
@@ -40,17 +40,26 @@ class Arranged:
 
 
 def locate_labels_csv(value: str, source_root: Path) -> Path:
-    """The labels file: ``value`` inside the source first, then as a path relative to the repository root."""
+    """The labels file: ``value`` inside the source first (hashed with it), else a path in
+    :data:`~transfer.params.LABELS_FOLDER` (download's DVC dependency); DVC sees either change in place.
+
+    Raises:
+        DataError: in neither place, or outside the source and outside the labels folder.
+    """
     inside = source_root / value
-    if inside.is_file():
+    if inside.is_file() and inside.resolve().is_relative_to(source_root.resolve()):
         return inside
-    outside = repo_path(value)
+    problem = f"data.labels_csv = {value!r} is invalid: no such file inside data.source ({inside})"
+    try:
+        outside = input_file("data.labels_csv", value, LABELS_FOLDER)
+    except ParamError:
+        raise DataError(
+            f"{problem}; a labels CSV kept outside the source must be in {LABELS_FOLDER.as_posix()}/ (download's "
+            "DVC dependency, so that a row changed in place re-runs the pipeline)"
+        ) from None
     if outside.is_file():
         return outside
-    raise DataError(
-        f"data.labels_csv = {value!r} is invalid: no such file inside data.source ({inside}) "
-        f"or at {outside.resolve()}"
-    )
+    raise DataError(f"{problem} or at {outside.resolve()}")
 
 
 def _pick(header: list[str], wanted: tuple[str, ...]) -> str | None:

@@ -31,6 +31,10 @@ STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 UNFREEZE_ALL = "all"  # fine_tune.unfreeze: every layer of the backbone but BatchNormalization
+# Files the pipeline reads besides the photos live here, each folder a DVC dependency of the stages that read
+# it, so a file changed in place re-runs them (a path anywhere else would be a change DVC cannot see).
+WEIGHTS_FOLDER = Path("inputs/weights")  # weights files given by path: extract-features, fine-tune
+LABELS_FOLDER = Path("inputs/labels")  # labels CSVs kept outside the source: download
 
 _MISSING = object()
 # Words that YAML 1.1 readers take for booleans but YAML 1.2 (DVC's reading) leaves as text.
@@ -88,6 +92,28 @@ def repo_path(value: str) -> Path:
     """A file path given in params.yaml: relative paths are relative to :func:`repository_root`."""
     path = Path(value).expanduser()
     return path if path.is_absolute() else repository_root() / path
+
+
+def input_file(key: str, value: str, folder: Path, source: str = PARAMS_FILE) -> Path:
+    """A file named by param ``key`` that must lie in ``folder`` (relative to the stage's directory).
+
+    Relative paths are read from the working directory, not :func:`repository_root`: a queued experiment
+    reads its own copy, the one DVC hashed (a file in git, or added with ``dvc add``). The file itself may be
+    a link; the folders on its path may not lead out of ``folder``.
+
+    Raises:
+        ParamError: the path lies outside ``folder``.
+    """
+    given = Path(value).expanduser()
+    path = given if given.is_absolute() else Path.cwd() / given
+    home = (Path.cwd() / folder).resolve()
+    if not path.parent.resolve().is_relative_to(home):
+        raise ParamError(
+            f"{source}: {key} = {value!r} is invalid: expected a file in {folder.as_posix()}/, a DVC dependency "
+            f"of the stages that read it, so that a file changed in place re-runs them (copy it there, then "
+            f"`dvc add` it so that queued experiments see it too)"
+        )
+    return path
 
 
 class Params:
@@ -198,8 +224,8 @@ class DataParams:
     Attributes:
         source: a URL, a local archive or a local folder.
         sha256: the archive's expected checksum, or None.
-        labels_csv: None for one folder per class; else a CSV (inside the source, or a local path) that
-            labels a flat folder of images.
+        labels_csv: None for one folder per class; else a CSV (inside the source, or in
+            :data:`LABELS_FOLDER`) that labels a flat folder of images.
         max_bytes: the most an archive may unpack to, or a download may weigh.
     """
 
@@ -507,8 +533,7 @@ def read_backbone(params: Params) -> BackboneParams:
                               f"sides of at most {MAX_IMAGE_SIDE} pixels (a batch of 32 at 20000 would need 143 GiB); "
                               "null gives the backbone's native size")
         size = (size[0], size[1])
-    return BackboneParams(
-        name=params.text("backbone"),
-        weights=params.text("weights").strip(),
-        image_size=size,
-    )
+    weights = params.text("weights").strip()
+    if weights.lower() not in ("imagenet", "none"):
+        input_file("weights", weights, WEIGHTS_FOLDER, params.source)
+    return BackboneParams(name=params.text("backbone"), weights=weights, image_size=size)

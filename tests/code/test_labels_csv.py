@@ -60,15 +60,23 @@ def test_a_kaggle_zip_with_a_wrapper_folder(kaggle, tmp_path):
     assert fetch(_data(archive, "labels.csv"), tmp_path / "raw").classes == ["circle", "square", "triangle"]
 
 
-def test_a_csv_outside_the_source_with_paths_and_extensions(shapes_folder, tmp_path):
+def test_a_csv_outside_the_source_with_paths_and_extensions(shapes_folder, tmp_path, monkeypatch):
+    """Outside the source, a labels CSV is read from inputs/labels/ (download's DVC dependency) and nowhere else."""
+    monkeypatch.chdir(tmp_path)
     images = tmp_path / "images"
     shutil.copytree(shapes_folder, images / "batch1")
     lines = ["Filename,Label"] + [
         f"batch1/{kind}/{image.name},{kind.upper()}" for kind in ("circle", "square") for image in
         sorted((shapes_folder / kind).iterdir())
     ]
-    (tmp_path / "my labels.csv").write_text("\n".join(lines) + "\n")
-    fetched = fetch(_data(images, str(tmp_path / "my labels.csv")), tmp_path / "raw")
+    (tmp_path / "inputs/labels").mkdir(parents=True)
+    for place in ("inputs/labels/my labels.csv", "my labels.csv"):
+        (tmp_path / place).write_text("\n".join(lines) + "\n")
+    for refused in ("my labels.csv", str(tmp_path / "my labels.csv"), "../my labels.csv"):
+        with pytest.raises(DataError, match="a labels CSV kept outside the source must be in inputs/labels/"):
+            fetch(_data(images, refused), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+    fetched = fetch(_data(images, "inputs/labels/my labels.csv"), tmp_path / "raw")
     assert fetched.classes == ["CIRCLE", "SQUARE"]
     assert len(list((tmp_path / "raw" / "CIRCLE" / "batch1" / "circle").iterdir())) == 20
     assert fetched.unlisted == 20, "the triangles are not labelled"

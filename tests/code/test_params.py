@@ -54,7 +54,8 @@ def test_the_repository_params_parse(params_tree):
         ("split.val", -0.1, "a number in [0.0, 1.0)"),
         ("split.test", 0.9, "split.val + split.test below 1"),
         ("backbone", "ResNet5O", "did you mean resnet50? expected one of convnext_base, "),
-        ("weights", "models/nowhere.h5", "the path of an existing weights file"),
+        ("weights", "inputs/weights/nowhere.h5", "the path of an existing weights file"),
+        ("weights", "models/nowhere.h5", "expected a file in inputs/weights/"),
         ("image_size", [224], "null, a positive integer, or [height, width]"),
         ("image_size", 16, "efficientnetb0 needs at least 32x32"),
         ("image_size", 20000, "sides of at most 2048 pixels"),
@@ -158,6 +159,27 @@ def test_relative_paths_are_anchored_at_the_dvc_root(monkeypatch, tmp_path):
     assert repo_path("/abs/photos.tgz").as_posix() == "/abs/photos.tgz"
     monkeypatch.delenv("DVC_ROOT")
     assert repo_path("photos.tgz").as_posix() == "photos.tgz"
+
+
+def test_a_weights_file_must_be_in_the_folder_dvc_watches(params_tree, monkeypatch, tmp_path):
+    from transfer.params import WEIGHTS_FOLDER, input_file
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "inputs/weights/sub").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "inputs/weights/sub/link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    for inside in ("inputs/weights/w.h5", "inputs/weights/sub/w.h5", str(tmp_path / "inputs/weights/w.h5")):
+        params_tree["weights"] = inside
+        assert read_backbone(Params(params_tree)).weights == inside
+    for keyword in ("imagenet", "none", "ImageNet"):
+        params_tree["weights"] = keyword
+        assert read_backbone(Params(params_tree)).weights == keyword
+    for outside in ("w.h5", "models/w.h5", "inputs/weights/../w.h5", "inputs/weights/sub/link/w.h5",
+                    str(tmp_path.parent / "w.h5")):
+        params_tree["weights"] = outside
+        with pytest.raises(ParamError, match=r"weights = .* is invalid: expected a file in inputs/weights/"):
+            read_backbone(Params(params_tree))
+    assert input_file("k", "inputs/weights/w.h5", WEIGHTS_FOLDER) == tmp_path / "inputs/weights/w.h5"
 
 
 def _numeric_and_boolean_keys(tree: dict) -> tuple[list[str], list[str]]:

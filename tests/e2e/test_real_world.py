@@ -109,8 +109,11 @@ def test_a_hostile_archive_is_refused_in_one_line_and_nothing_escapes(repo, clea
         ("backbone=resnet5O", "error: params.yaml: backbone = 'resnet5O' is invalid: did you mean resnet50?"),
         ("split.test=0.9", "error: params.yaml: split.test = 0.9 is invalid: expected split.val + split.test below 1"),
         ("evaluate.top_k=0", "error: params.yaml: evaluate.top_k = 0 is invalid: expected an integer >= 1"),
-        ("weights=models/missing.h5", "error: params.yaml: weights = 'models/missing.h5' is invalid: expected "
-                                      "imagenet, none, or the path of an existing weights file"),
+        ("weights=inputs/weights/missing.h5", "error: params.yaml: weights = 'inputs/weights/missing.h5' is "
+                                              "invalid: expected imagenet, none, or the path of an existing weights "
+                                              "file"),
+        ("weights=models/backbone.h5", "error: params.yaml: weights = 'models/backbone.h5' is invalid: expected a "
+                                       "file in inputs/weights/, a DVC dependency of the stages that read it"),
         ("data.max_bytes=-5", "error: params.yaml: data.max_bytes = -5 is invalid: expected an integer >= 1"),
     ],
 )
@@ -203,21 +206,69 @@ def _resnet_weights(path: Path, scale: float) -> Path:
     return path
 
 
-def test_a_weights_file_swapped_in_place_never_gives_a_model(repo, tmp_path):
-    weights = _resnet_weights(tmp_path / "backbone.weights.h5", 1.0)
-    first = run(["dvc", "exp", "run", "-S", f"weights={weights}"], repo)
+def test_a_weights_file_swapped_in_place_reruns_from_extract_features(repo):
+    weights = _resnet_weights(repo / "inputs/weights/backbone.weights.h5", 1.0)
+    first = run(["dvc", "exp", "run", "-S", "weights=inputs/weights/backbone.weights.h5"], repo)
     assert stages_run(first)[-1] == "evaluate"
-    _resnet_weights(weights, 0.5)  # other values, same path: DVC sees no change in params or deps
-    result = run(["dvc", "exp", "run", "-S", "fine_tune.lr=0.0002"], repo, check=False)
-    model_left = (repo / "models/model.keras").exists()
+    assert _status(repo) == {}, "unchanged weights: nothing to do"
+    features, model = ((repo / name).read_bytes() for name in ("data/features/train_features.npy",
+                                                               "models/model.keras"))
+    _resnet_weights(weights, 0.5)  # other values, same path, same params
+    changed = _status(repo)
+    # Run by hand, without DVC, fine-tune still refuses to put the old head on the new backbone.
+    by_hand = run(["python", "stages/fine_tune.py"], repo, check=False)
+    model_by_hand = (repo / "models/model.keras").read_bytes()
+    result = run(["dvc", "exp", "run", "-S", "fine_tune.lr=0.0002"], repo)
+    new_features = (repo / "data/features/train_features.npy").read_bytes()
+    weights.unlink()
     run(["git", "checkout", "--", "."], repo)
     run(["dvc", "checkout", "--force"], repo)
-    assert result.returncode != 0 and stages_run(result) == ["fine-tune"]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert errors and "are not the ones that made data/features" in errors[0], result.stderr
-    assert "dvc repro --force --downstream extract-features" in errors[0]
-    assert "Traceback" not in result.stderr
-    assert not model_left, "DVC cleared the old model before fine-tune ran, and fine-tune wrote none"
+    assert sorted(changed) == ["extract-features", "fine-tune"], changed
+    assert all(changed[stage][0]["changed deps"] == {"inputs/weights": "modified"} for stage in changed), changed
+    errors = [line for line in by_hand.stderr.splitlines() if line.startswith("error: ")]
+    assert by_hand.returncode != 0 and "are not the ones that made data/features" in errors[0], by_hand.stderr
+    assert "Traceback" not in by_hand.stderr
+    assert model_by_hand == model, "the refused run leaves the model it found"
+    assert stages_run(result) == ["extract-features", "train-head", "fine-tune", "evaluate"]
+    assert new_features != features
+
+
+def test_a_labels_csv_changed_in_place_is_a_change_dvc_sees(repo, dirty_source, tmp_path):
+    source, _ = dirty_source
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    rows = ["file,label"]
+    for image in sorted(source.glob("*/*_0*.*")):
+        (flat / image.name).write_bytes(image.read_bytes())
+        rows.append(f"{image.name},{image.parent.name}")
+    labels = repo / "inputs/labels/shapes.csv"
+    labels.write_text("\n".join(rows) + "\n")
+    outside = tmp_path / "shapes.csv"
+    outside.write_text(labels.read_text())
+    refused = run(["dvc", "exp", "run", "-S", f"data.source={flat}", "-S", f"data.labels_csv={outside}"], repo,
+                  check=False)
+    run(["git", "checkout", "--", "params.yaml"], repo)
+    first = run(["dvc", "exp", "run", "-S", f"data.source={flat}", "-S", "data.labels_csv=inputs/labels/shapes.csv"],
+                repo)
+    circles = _class_total(repo, "circle")
+    unchanged = _status(repo)
+    # Three circles relabelled as squares, in place.
+    relabelled = [row.replace(",circle", ",square") if row.startswith("circle_00") else row for row in rows]
+    labels.write_text("\n".join(relabelled) + "\n")
+    changed = _status(repo)
+    again = run(["dvc", "exp", "run"], repo)
+    circles_now = _class_total(repo, "circle")
+    labels.unlink()
+    run(["git", "checkout", "--", "."], repo)
+    run(["dvc", "checkout", "--force"], repo)
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
+    assert refused.returncode != 0 and "a labels CSV kept outside the source must be in inputs/labels/" in errors[0]
+    assert stages_run(first)[0] == "download" and unchanged == {}, unchanged
+    assert list(changed) == ["download"], changed
+    assert changed["download"][0]["changed deps"] == {"inputs/labels": "modified"}, changed
+    assert stages_run(again) == ["download", "split", "extract-features", "train-head", "fine-tune", "evaluate"]
+    relabelled_circles = sum(row.startswith("circle_00") for row in rows)
+    assert relabelled_circles >= 3 and circles_now == circles - relabelled_circles, (circles, circles_now)
 
 
 def _class_total(repo: Path, name: str) -> int:
