@@ -13,9 +13,11 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this file as a script.
 
-from transfer.backbones import BackboneChoice, backbone_digest, build_views, resolve
+from transfer.backbones import BackboneChoice, backbone_digest, build_views, preprocess, resolve
 from transfer.datasets import image_dataset, read_classes, read_split
 from transfer.distribute import runtime
 from transfer.errors import DataError
@@ -31,7 +33,7 @@ from transfer.layout import (
     SPLITS,
     STAGE_METRICS,
 )
-from transfer.models import assemble_classifier, load_model, save_model, unfreeze_top
+from transfer.models import assemble_classifier, backbone_of, load_model, save_model, unfreeze_top
 from transfer.params import (
     DistributeParams,
     FineTuneParams,
@@ -52,8 +54,33 @@ from transfer.training import (
     set_determinism,
     write_history,
 )
+from transfer.trunk import check_cache_size, classifiers, run_trunk, split_backbone, view_dataset
 
 log = logging.getLogger("fine-tune")
+
+
+class TrunkCache:
+    """``fine_tune.trunk_cache``: the models that train and score the top of the backbone from the trunk's
+    cached output (see :mod:`transfer.trunk`), built on the classifier's own layers."""
+
+    def __init__(self, choice: BackboneChoice, single_view, head, mirror: bool, first_trained: str):
+        import keras
+
+        self.split = split_backbone(backbone_of(single_view), first_trained)
+        inputs = keras.Input((None, None, 3), name="image")
+        resized = single_view.get_layer("resize")(inputs)
+        self.on_images = keras.Model(inputs, self.split.trunk(preprocess(resized, choice.spec.preprocessing),
+                                                               training=False), name="trunk_on_images")
+        self.trained, self.scorer = classifiers(self.split, head, mirror)
+        self.mirror = mirror
+
+    def views(self, paths: list[str], image_size, batch_size: int):
+        """The trunk's output for each image and its mirror."""
+        return run_trunk(self.on_images, image_dataset(paths, image_size, batch_size))
+
+    def validation(self, views, one_hot):
+        """What the scorer takes: both views (mirror averaging) or the image as given."""
+        return (views if self.mirror else views[0]), one_hot
 
 
 def parse_params(params: Params) -> tuple[int, BackboneChoice, bool, FineTuneParams, DistributeParams]:
@@ -92,9 +119,16 @@ def main() -> None:
         # What the steps train: the same layers (and weights) as the model, one view per image.
         trained = assemble_classifier(single_view, head) if mirror else model
         unfrozen = unfreeze_top(model, tune.unfreeze)
+        cache = None
+        if tune.trunk_cache and tune.training.epochs:
+            first = unfrozen[0] if unfrozen else backbone_of(model).operations[-1].name
+            cache = TrunkCache(choice, single_view, head, mirror, first)
+            trained = cache.trained
+            compile_with(cache.scorer, tune.training, train_examples=len(train_labels))  # for scoring only
         compile_with(trained, tune.training, train_examples=len(train_labels))
         if trained is not model:
             compile_with(model, tune.training, train_examples=len(train_labels))  # for scoring only
+        scorer = None if trained is model else (cache.scorer if cache else model)
 
     def labelled(split: str, shuffle_seed: int | None = None):
         paths, labels = splits[split]
@@ -102,25 +136,40 @@ def main() -> None:
 
     validation = labelled("val") if len(splits["val"][1]) else None
     rows = []
+    if cache is not None:
+        shape = tuple(cache.split.trunk.output.shape[1:])
+        size = check_cache_size(len(train_labels) + len(splits["val"][1]), shape,
+                                np.dtype(cache.split.trunk.output.dtype).itemsize)
+        log.info("fine-tune: caching the frozen trunk (up to %s, output %s) for every training and validation "
+                 "image and its mirror: %.0f MiB", cache.split.first, list(shape), size / 2**20)
+        train_views = cache.views(splits["train"][0], choice.image_size, tune.training.batch_size)
+        if validation is not None:
+            validation = cache.validation(
+                cache.views(splits["val"][0], choice.image_size, tune.training.batch_size),
+                np.eye(len(classes), dtype="float32")[splits["val"][1]])
     if tune.training.epochs:
         # Epoch 0: the assembled model before any step, which is the head as it left train-head. It competes
         # with the trained epochs, so fine-tuning can only keep or improve the validation loss.
         if validation is not None:
-            start = score(model, validation, tune.training.batch_size, setup.strategy)
+            start = score(scorer or model, validation, tune.training.batch_size, setup.strategy)
             rows.append({"epoch": 0, "loss": None, "accuracy": None, "val_loss": start["loss"],
                          "val_accuracy": start["accuracy"]})
             log.info("fine-tune: epoch 0 (the head on the backbone, before any step): val_loss %.4f, "
                      "val_accuracy %.4f", start["loss"], start["accuracy"])
-        train = labelled("train", shuffle_seed=seed)
-        augment = augmenter(tune.augment, seed)
-        if augment is not None:
-            train = train.map(lambda images, targets: (augment(images, training=True), targets))
+        if cache is not None:
+            train = view_dataset(*train_views, np.eye(len(classes), dtype="float32")[train_labels],
+                                 tune.training.batch_size, seed, tune.augment.flip)
+        else:
+            train = labelled("train", shuffle_seed=seed)
+            augment = augmenter(tune.augment, seed)
+            if augment is not None:
+                train = train.map(lambda images, targets: (augment(images, training=True), targets))
         log.info("fine-tune: training %d backbone layers from %s (BatchNormalization layers stay frozen) and the "
                  "head, %s at lr %g (%s schedule), up to %d epochs", len(unfrozen), unfrozen[0] if unfrozen else "-",
                  tune.training.optimizer, tune.training.lr, tune.training.schedule, tune.training.epochs)
         weights = class_weights(train_labels, len(classes), tune.training.class_weight)
         rows += fit(trained, train, validation, tune.training, weights, strategy=setup.strategy,
-                    start=rows[0]["val_loss"] if rows else None, scorer=None if trained is model else model)
+                    start=rows[0]["val_loss"] if rows else None, scorer=scorer)
         kept = best_epoch(rows)
         log.info("fine-tune: kept epoch %d of %d%s", kept, len(rows) - (1 if validation is not None else 0),
                  " (the head as it came: no epoch lowered the validation loss)" if kept == 0 else "")

@@ -354,9 +354,20 @@ class AugmentParams:
 
 @dataclass(frozen=True)
 class FineTuneParams:
+    """The top of the backbone, trained end to end with the head.
+
+    Attributes:
+        unfreeze: top layers to train: a number, a layer name, or ``all``.
+        augment: random changes to each training image.
+        training: the optimiser, schedule, epochs and early stopping.
+        trunk_cache: run the frozen layers once on every image and its mirror and train the top from that
+            cache (:mod:`transfer.trunk`); random changes other than the flip are then refused.
+    """
+
     unfreeze: int | str
     augment: AugmentParams
     training: TrainingParams
+    trunk_cache: bool = False
 
 
 @dataclass(frozen=True)
@@ -468,9 +479,18 @@ def read_fine_tune(params: Params) -> FineTuneParams:
         contrast=params.number("fine_tune.augment.contrast", 0.0, 1.0, high_open=True),
         brightness=params.number("fine_tune.augment.brightness", 0.0, 1.0, high_open=True),
     )
-    return FineTuneParams(
-        unfreeze=unfreeze, augment=augment, training=read_training(params, "fine_tune", min_epochs=0)
-    )
+    trunk_cache = params.bool("fine_tune.trunk_cache")
+    if trunk_cache:
+        changing = [f"fine_tune.augment.{name} = {getattr(augment, name)}" for name in
+                    ("rotation", "zoom", "contrast", "brightness") if getattr(augment, name)]
+        if changing:
+            raise ParamError(
+                f"{params.source}: fine_tune.trunk_cache = true is invalid with {', '.join(changing)}: the cached "
+                "trunk sees each image only as given and mirrored; set those to 0 (flip may stay), or "
+                "fine_tune.trunk_cache to false"
+            )
+    return FineTuneParams(unfreeze=unfreeze, augment=augment, trunk_cache=trunk_cache,
+                          training=read_training(params, "fine_tune", min_epochs=0))
 
 
 def read_evaluate(params: Params) -> EvaluateParams:
