@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -52,6 +54,12 @@ LEVERS: dict[str, dict[str, object]] = {
                                        "fine_tune.augment.brightness": 0.0},
     "lr_1e-4": {"fine_tune.lr": 0.0001},
     "5_epochs_not_15": {"fine_tune.epochs": 5},
+    # fine_tune.trunk_cache: the frozen trunk once, epochs on the top only; flips are its only augmentation.
+    "trunk_cache": {"fine_tune.trunk_cache": True, "fine_tune.augment.rotation": 0.0, "fine_tune.augment.zoom": 0.0,
+                    "fine_tune.augment.contrast": 0.0, "fine_tune.augment.brightness": 0.0},
+    "unfreeze_40_not_20": {"fine_tune.unfreeze": 40},
+    "30_epochs_not_15": {"fine_tune.epochs": 30},
+    "lr_1e-3": {"fine_tune.lr": 0.001},
 }
 
 # The quick mode: a small generated task that still runs every stage. A random ResNet50 at 32 px still tells
@@ -201,8 +209,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levers", default="all", help="all, none, or comma-separated names of " + ", ".join(LEVERS))
     parser.add_argument("--lever-seeds", type=int, default=None,
                         help="measure the levers on the first N seeds only (default: every seed)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a param for every run, over the defaults (YAML value; repeatable): to measure a "
+                             "candidate default and its levers before committing it")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "accuracy.json", help="where to write")
     args = parser.parse_args(argv)
+    base = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --set {item!r}: expected KEY=VALUE")
+        base[key.strip()] = yaml.safe_load(value)
     args.backbones = [name.strip() for name in args.backbones.split(",") if name.strip()]
     named = {"all": list(LEVERS), "none": []}
     levers = named[args.levers] if args.levers in named else [name.strip() for name in args.levers.split(",")]
@@ -211,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: --levers {unknown} unknown; expected all, none or some of {', '.join(LEVERS)}"
                          if unknown else f"error: --seeds {args.seeds}: expected 1 or more")
     lever_seeds = args.seeds if args.lever_seeds is None else args.lever_seeds
-    results: dict[str, object] = {"quick": args.quick, "seeds": list(range(args.seeds)), "levers": LEVERS,
+    results: dict[str, object] = {"quick": args.quick, "seeds": list(range(args.seeds)), "set": base, "levers": LEVERS,
                                   "lever_seeds": list(range(min(lever_seeds, args.seeds))),
                                   "cpu_count": os.cpu_count(), "backbones": {}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -222,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             per_seed = {}
             for seed in range(args.seeds):
                 repo = make_pipeline_repo(args.work / backbone / f"seed{seed}",
-                                          {**overrides, "backbone": backbone, "seed": seed})
+                                          {**base, **overrides, "backbone": backbone, "seed": seed})
                 per_seed[seed] = measure(repo, levers if index == 0 and seed < lever_seeds else [])
                 print(f"{backbone} seed {seed}: {json.dumps(per_seed[seed]['default'])}", flush=True)
                 results["backbones"][backbone] = {"params": overrides, "per_seed": per_seed,

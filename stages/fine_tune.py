@@ -140,8 +140,8 @@ def main() -> None:
         shape = tuple(cache.split.trunk.output.shape[1:])
         size = check_cache_size(len(train_labels) + len(splits["val"][1]), shape,
                                 np.dtype(cache.split.trunk.output.dtype).itemsize)
-        log.info("fine-tune: caching the frozen trunk (up to %s, output %s) for every training and validation "
-                 "image and its mirror: %.0f MiB", cache.split.first, list(shape), size / 2**20)
+        log.info("fine-tune: caching the frozen trunk (the layers below %s; output %s) for every training and "
+                 "validation image and its mirror: %.0f MiB", cache.split.first, list(shape), size / 2**20)
         train_views = cache.views(splits["train"][0], choice.image_size, tune.training.batch_size)
         if validation is not None:
             validation = cache.validation(

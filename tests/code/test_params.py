@@ -182,6 +182,18 @@ def test_a_weights_file_must_be_in_the_folder_dvc_watches(params_tree, monkeypat
     assert input_file("k", "inputs/weights/w.h5", WEIGHTS_FOLDER) == tmp_path / "inputs/weights/w.h5"
 
 
+def test_a_cached_trunk_refuses_augmentation_it_cannot_apply(params_tree):
+    from transfer.params import read_fine_tune
+
+    params_tree["fine_tune"]["trunk_cache"] = True
+    params_tree["fine_tune"]["augment"].update(rotation=0.05, zoom=0.0, contrast=0.1, brightness=0.0)
+    with pytest.raises(ParamError, match=r"fine_tune.trunk_cache = true is invalid with fine_tune.augment.rotation "
+                                         r"= 0.05, fine_tune.augment.contrast = 0.1: "):
+        read_fine_tune(Params(params_tree))
+    params_tree["fine_tune"]["augment"].update(rotation=0.0, contrast=0.0)
+    assert read_fine_tune(Params(params_tree)).trunk_cache
+
+
 def _numeric_and_boolean_keys(tree: dict) -> tuple[list[str], list[str]]:
     leaves = flatten(tree)
     numbers = [key for key, value in leaves.items() if isinstance(value, (int, float)) and not isinstance(value, bool)]

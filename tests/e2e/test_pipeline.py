@@ -128,6 +128,40 @@ def test_a_head_experiment_reuses_the_cached_features(repo, first_run):
     assert "0.005" in shown
 
 
+VAL_SCORE = (
+    "import json, sys\n"
+    "from transfer.datasets import image_dataset, read_classes, read_split\n"
+    "from transfer.layout import MODEL, RAW, SPLITS\n"
+    "from transfer.models import load_model\n"
+    "from transfer.training import compile_for_training, score\n"
+    "model, classes = load_model(MODEL)\n"
+    "paths, labels = read_split(SPLITS, 'val', RAW, classes)\n"
+    "compile_for_training(model, 1e-3)\n"
+    "print(json.dumps(score(model, image_dataset(paths, (32, 32), 8, labels, len(classes)), 8)))\n"
+)
+
+
+def test_a_cached_trunk_fine_tune_trains_the_model_it_saves(repo, first_run):
+    """fine_tune.trunk_cache: epoch 0 scores as the assembled model on images does, and the saved model scores
+    on validation images as its kept epoch did on the cache."""
+    _back_to_baseline(repo)
+    images_epoch0 = (repo / "reports/fine_tune/history.csv").read_text().splitlines()[1].split(",")
+    result = run(["dvc", "exp", "run", "-S", "fine_tune.trunk_cache=true", "-S", "fine_tune.epochs=3",
+                  "-S", "fine_tune.augment.rotation=0", "-S", "fine_tune.augment.zoom=0",
+                  "-S", "fine_tune.augment.contrast=0", "-S", "fine_tune.lr=0.003"], repo)
+    rows = [line.split(",") for line in (repo / "reports/fine_tune/history.csv").read_text().splitlines()[1:]]
+    tuned = json.loads((repo / "reports/fine_tune/metrics.json").read_text())
+    saved = json.loads(run(["python", "-c", VAL_SCORE], repo).stdout.splitlines()[-1])
+    _back_to_baseline(repo)
+    assert stages_run(result) == ["fine-tune", "evaluate"]
+    assert "caching the frozen trunk (the layers below conv5_block3_1_conv" in result.stderr
+    assert len(rows) == 4 and rows[0][0] == "0"
+    # The cache holds float32 trunk outputs: the same numbers the whole backbone computes, to rounding.
+    assert float(rows[0][3]) == pytest.approx(float(images_epoch0[3]), abs=1e-4)
+    assert saved["loss"] == pytest.approx(tuned["val_loss"], abs=1e-4)
+    assert tuned["best_epoch"] > 0 and tuned["val_loss"] < float(rows[0][3]), "training from the cache moved it"
+
+
 def test_a_reviewed_exclusion_reruns_from_split_and_every_other_image_keeps_its_split(repo, first_run):
     _back_to_baseline(repo)
     splits = ("train", "val", "test")
