@@ -4,8 +4,9 @@ outliers. Here, once per feature cache, and not in train-head, which would redo 
 although nothing in it depends on the head.
 
 Reads params: backbone, weights, image_size, features.batch_size, features.dtype, features.mirror, strategy,
-mixed_precision; seed and quality.* for the report.
-Writes: data/features/ ({split}_features.npy, {split}_labels.npy, meta.json), reports/data_quality/
+mixed_precision; seed and quality.* for the report; features.train_views and features.view_augment.*.
+Writes: data/features/ ({split}_features.npy, {split}_labels.npy, meta.json; train_views_* with
+features.train_views), reports/data_quality/
 (label_issues.csv, near_duplicates.csv, outliers.csv, label_issues.png, outliers.png, metrics.json)
 """
 
@@ -19,8 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this fi
 from transfer import quality
 from transfer.backbones import BackboneChoice, backbone_digest, build_feature_extractor, resolve
 from transfer.datasets import SPLITS as SPLIT_NAMES
-from transfer.datasets import read_classes, read_split
+from transfer.datasets import augmenter, read_classes, read_split
 from transfer.distribute import runtime
+from transfer.errors import ParamError
 from transfer.features import FeatureStore, extract_features
 from transfer.layout import DATA_QUALITY_REPORTS, FEATURES, RAW, SPLITS
 from transfer.params import (
@@ -41,6 +43,19 @@ log = logging.getLogger("extract-features")
 def parse_params(params: Params) -> tuple[BackboneChoice, FeatureParams, DistributeParams, int, QualityParams]:
     return (resolve(read_backbone(params), params.source), read_features(params), read_distribute(params),
             params.seed(), read_quality(params))
+
+
+def changing_extractor(extractor, augment, seed: int):
+    """``extractor`` behind ``augment``'s random changes, which run even when the model is called for inference
+    (as extraction calls it): a new draw on every call, seeded."""
+    import keras
+
+    changes = augmenter(augment, seed)
+    if changes is None:
+        raise ParamError("features.train_views needs at least one random change in features.view_augment "
+                         "(copies of an image left as it is add nothing)")
+    inputs = keras.Input((None, None, 3), name="image")
+    return keras.Model(inputs, extractor(changes(inputs, training=True)), name="changing_extractor")
 
 
 def report_data_quality(checks: QualityParams, seed: int) -> float:
@@ -75,8 +90,14 @@ def main() -> dict:
         # at the same path is not a change DVC sees).
         "backbone_sha256": backbone_digest(extractor),
     }
+    views = None
+    if features.train_views:
+        with setup.scope():
+            views = (changing_extractor(extractor, features.view_augment, seed), features.train_views)
+        log.info("extract-features: %d augmented copies of each of the %d training images besides it",
+                 features.train_views, len(splits["train"][0]))
     stats = extract_features(extractor, choice.image_size, splits, FEATURES, features.batch_size, features.dtype,
-                             meta, runtime=setup)
+                             meta, runtime=setup, views=views)
     return {**stats, "data_quality_seconds": report_data_quality(checks, seed)}
 
 

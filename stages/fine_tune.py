@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this file as a script.
 
 from transfer.backbones import BackboneChoice, backbone_digest, build_views, preprocess, resolve
-from transfer.datasets import image_dataset, read_classes, read_split
+from transfer.datasets import augmenter, image_dataset, read_classes, read_split
 from transfer.distribute import runtime
 from transfer.errors import DataError
 from transfer.io import read_json, write_json
@@ -45,7 +45,6 @@ from transfer.params import (
 from transfer.reports import plot_history
 from transfer.stage import run_stage
 from transfer.training import (
-    augmenter,
     best_epoch,
     class_weights,
     compile_with,

@@ -20,7 +20,7 @@ import numpy as np
 
 from transfer.distribute import runtime
 from transfer.errors import ParamError
-from transfer.features import FeatureStore
+from transfer.features import TRAIN_VIEWS, FeatureStore
 from transfer.heads import build_head, search_settings, setting_row
 from transfer.io import write_csv, write_json
 from transfer.layout import CURVES, FEATURES, HEAD_MODEL, HEAD_REPORTS, HISTORY, SEARCH, STAGE_METRICS
@@ -57,6 +57,12 @@ def main() -> None:
     setup = runtime(distribute)
     store = FeatureStore(FEATURES)
     x_train, y_train, train_labels = as_training_arrays(store, "train")
+    if TRAIN_VIEWS in store.meta["counts"]:
+        # features.train_views: the augmented copies train beside the images (class weights count them all).
+        x_views, y_views, view_labels = as_training_arrays(store, TRAIN_VIEWS)
+        log.info("train-head: %d training images and %d augmented copies of them", len(x_train), len(x_views))
+        x_train, y_train = np.concatenate([x_train, x_views]), np.concatenate([y_train, y_views])
+        train_labels = np.concatenate([train_labels, view_labels])
     x_val, y_val, val_labels = as_training_arrays(store, "val")
     validation = (x_val, y_val) if len(x_val) else None
     if head.search > 1 and validation is None:

@@ -22,6 +22,7 @@ import numpy as np
 from transfer.errors import DataError
 from transfer.io import from_spreadsheet_safe, read_csv, read_json, write_csv, write_json
 from transfer.layout import is_hidden, visible_files
+from transfer.params import AugmentParams
 
 SPLITS = ("train", "val", "test")
 CLASSES_FILE = "classes.json"
@@ -480,3 +481,22 @@ def data_report(scan: ImageScan, splits: dict[str, list[tuple[str, str]]], fetch
         "unlisted_by_labels_csv": fetched.get("unlisted", 0),
         "curation": curation or None,
     }
+
+
+def augmenter(augment: AugmentParams, seed: int):
+    """The training-time augmentation as a Keras pipeline, or None when every option is off."""
+    import keras
+
+    layers = []
+    if augment.flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if augment.rotation:
+        layers.append(keras.layers.RandomRotation(augment.rotation, seed=seed + 1))
+    if augment.zoom:
+        layers.append(keras.layers.RandomZoom(augment.zoom, seed=seed + 2))
+    # The pipeline augments raw pixels, before the model's own preprocessing: values in [0, 255].
+    if augment.contrast:
+        layers.append(keras.layers.RandomContrast(augment.contrast, value_range=(0, 255), seed=seed + 3))
+    if augment.brightness:
+        layers.append(keras.layers.RandomBrightness(augment.brightness, value_range=(0, 255), seed=seed + 4))
+    return keras.Sequential(layers, name="augment") if layers else None

@@ -3,6 +3,7 @@
 Layout of a feature folder (``data/features/``):
     <split>_features.npy   [N, D] features, float16 by default
     <split>_labels.npy     [N] int32 class indices
+    train_views_*.npy      with features.train_views = K: K augmented copies of each training image, K x N rows
     meta.json              backbone, weights, image size, feature dim, dtype, class names, counts
 """
 
@@ -42,6 +43,10 @@ class FeatureStore:
         features = np.load(self.folder / f"{split}_features.npy", mmap_mode="r")
         labels = np.load(self.folder / f"{split}_labels.npy")
         return features, labels
+
+
+# The split of augmented copies of the training images (``features.train_views``), when there are any.
+TRAIN_VIEWS = "train_views"
 
 
 def compiled_forward(extractor, image_size: tuple[int, int]):
@@ -138,6 +143,7 @@ def extract_features(
     dtype: str,
     meta: dict[str, Any],
     runtime=None,
+    views: tuple[Any, int] | None = None,
 ) -> dict[str, float]:
     """Run the frozen extractor once over every split and write the feature folder, whole or not at all.
 
@@ -151,6 +157,9 @@ def extract_features(
         meta: facts to record in ``meta.json`` (backbone, weights, image size, classes).
         runtime: the :class:`transfer.distribute.Runtime` to run under; None: one device. Across hosts,
             each computes its share and every host writes all of the features.
+        views: (an extractor that changes each image at random first, K): K copies of the training split
+            through it, written as the split ``train_views`` (K x N rows: the first copy of every image, then
+            the second...). None or K = 0: none.
 
     Returns:
         {"images": count, "seconds": wall time, "trace_seconds": the part of it spent tracing the forward pass
@@ -160,33 +169,47 @@ def extract_features(
     from tqdm import tqdm
 
     dim = int(extractor.output_shape[-1])
-    total = sum(len(paths) for paths, _ in splits.values())
+    copies = views[1] if views else 0
+    train_paths, train_labels = splits.get("train", ([], np.zeros(0)))
+    total = sum(len(paths) for paths, _ in splits.values()) + copies * len(train_paths)
     start = time.perf_counter()
     distributed = runtime is not None and runtime.distributed
-    if distributed:
-        step = distributed_forward(extractor, runtime.strategy)
-    else:
+
+    def batcher(model):
+        """(paths -> batches of (positions, features)) through ``model``, traced once up front."""
+        if distributed:
+            step = distributed_forward(model, runtime.strategy)
+            return lambda paths: _distributed_batches(step, paths, image_size, batch_size, runtime.strategy)
         # Traced and its kernels prepared once up front, on the one batch shape it will see, so that the
         # throughput below is the per-image work alone (the set-up is reported apart).
-        forward = compiled_forward(extractor, image_size)
+        forward = compiled_forward(model, image_size)
         forward(np.zeros((batch_size, *image_size, 3), dtype=np.float32))
+        return lambda paths: _local_batches(forward, paths, image_size, batch_size)
+
+    batches = batcher(extractor)
+    changed = batcher(views[0]) if copies else None
     streaming = time.perf_counter()
+    counts = {split: len(paths) for split, (paths, _) in splits.items()}
     with atomic_path(target) as staging, tqdm(total=total, unit="img", desc="extract-features") as progress:
         staging.mkdir()
         for split, (paths, labels) in splits.items():
-            if distributed:
-                batches = _distributed_batches(step, paths, image_size, batch_size, runtime.strategy)
-            else:
-                batches = _local_batches(forward, paths, image_size, batch_size)
-            _write_split(batches, staging / f"{split}_features.npy", len(paths), dim, dtype, progress)
+            _write_split(batches(paths), staging / f"{split}_features.npy", len(paths), dim, dtype, progress)
             np.save(staging / f"{split}_labels.npy", np.asarray(labels, dtype=np.int32))
+        if copies:
+            # Copy k of image i is row k * N + i; each pass draws new random changes.
+            size = len(train_paths)
+            rows = ((positions + copy * size, features) for copy in range(copies)
+                    for positions, features in changed(train_paths))
+            _write_split(rows, staging / f"{TRAIN_VIEWS}_features.npy", copies * size, dim, dtype, progress)
+            np.save(staging / f"{TRAIN_VIEWS}_labels.npy", np.tile(np.asarray(train_labels, np.int32), copies))
+            counts[TRAIN_VIEWS] = copies * size
         write_json(
             staging / META_FILE,
             {
                 **meta,
                 "feature_dim": dim,
                 "dtype": dtype,
-                "counts": {split: len(paths) for split, (paths, _) in splits.items()},
+                "counts": counts,
             },
         )
     end = time.perf_counter()

@@ -277,11 +277,15 @@ class FeatureParams:
         batch_size: images per forward pass.
         dtype: the stored dtype, ``float16`` or ``float32``.
         mirror: each image's features averaged with its horizontal mirror's, in the cache and in the saved model.
+        train_views: augmented copies of each training image extracted besides it, for the head to train on.
+        view_augment: the random changes that make those copies.
     """
 
     batch_size: int
     dtype: str
     mirror: bool = False
+    train_views: int = 0
+    view_augment: AugmentParams | None = None
 
 
 @dataclass(frozen=True)
@@ -429,11 +433,27 @@ def read_quality(params: Params) -> QualityParams:
     )
 
 
+MAX_TRAIN_VIEWS = 32
+
+
 def read_features(params: Params) -> FeatureParams:
     return FeatureParams(
         batch_size=params.int("features.batch_size", minimum=1),
         dtype=params.choice("features.dtype", FEATURE_DTYPES),
         mirror=params.bool("features.mirror"),
+        train_views=params.int("features.train_views", minimum=0, maximum=MAX_TRAIN_VIEWS),
+        view_augment=read_augment(params, "features.view_augment"),
+    )
+
+
+def read_augment(params: Params, section: str) -> AugmentParams:
+    """Random changes to training images, from ``section`` (``fine_tune.augment``, ``features.view_augment``)."""
+    return AugmentParams(
+        flip=params.bool(f"{section}.flip"),
+        rotation=params.number(f"{section}.rotation", 0.0, 0.5),
+        zoom=params.number(f"{section}.zoom", 0.0, 0.9),
+        contrast=params.number(f"{section}.contrast", 0.0, 1.0, high_open=True),
+        brightness=params.number(f"{section}.brightness", 0.0, 1.0, high_open=True),
     )
 
 
@@ -472,13 +492,7 @@ def read_fine_tune(params: Params) -> FineTuneParams:
     ):
         raise params.fail("fine_tune.unfreeze", unfreeze,
                           f"{UNFREEZE_ALL}, a number of top layers >= 0, or a layer name")
-    augment = AugmentParams(
-        flip=params.bool("fine_tune.augment.flip"),
-        rotation=params.number("fine_tune.augment.rotation", 0.0, 0.5),
-        zoom=params.number("fine_tune.augment.zoom", 0.0, 0.9),
-        contrast=params.number("fine_tune.augment.contrast", 0.0, 1.0, high_open=True),
-        brightness=params.number("fine_tune.augment.brightness", 0.0, 1.0, high_open=True),
-    )
+    augment = read_augment(params, "fine_tune.augment")
     trunk_cache = params.bool("fine_tune.trunk_cache")
     if trunk_cache:
         changing = [f"fine_tune.augment.{name} = {getattr(augment, name)}" for name in

@@ -11,7 +11,7 @@ import numpy as np
 
 from transfer.datasets import steady
 from transfer.io import write_csv
-from transfer.params import AugmentParams, TrainingParams
+from transfer.params import TrainingParams
 from transfer.reports import probability_scores
 
 log = logging.getLogger(__name__)
@@ -100,25 +100,6 @@ def compile_with(model, params: TrainingParams, train_examples: int) -> None:
     steps_per_epoch = max(1, math.ceil(train_examples / params.batch_size))
     compile_for_training(model, learning_rate(params, steps_per_epoch), params.label_smoothing, params.optimizer,
                          params.weight_decay)
-
-
-def augmenter(augment: AugmentParams, seed: int):
-    """The training-time augmentation as a Keras pipeline, or None when every option is off."""
-    import keras
-
-    layers = []
-    if augment.flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
-    if augment.rotation:
-        layers.append(keras.layers.RandomRotation(augment.rotation, seed=seed + 1))
-    if augment.zoom:
-        layers.append(keras.layers.RandomZoom(augment.zoom, seed=seed + 2))
-    # The pipeline augments raw pixels, before the model's own preprocessing: values in [0, 255].
-    if augment.contrast:
-        layers.append(keras.layers.RandomContrast(augment.contrast, value_range=(0, 255), seed=seed + 3))
-    if augment.brightness:
-        layers.append(keras.layers.RandomBrightness(augment.brightness, value_range=(0, 255), seed=seed + 4))
-    return keras.Sequential(layers, name="augment") if layers else None
 
 
 def array_dataset(arrays: tuple[np.ndarray, np.ndarray], batch_size: int, shuffle_seed: int | None = None):

@@ -133,8 +133,8 @@ def test_the_same_model_saved_twice_has_the_same_bytes(tmp_path, monkeypatch):
 
 
 def test_augmentation_changes_raw_pixels_within_their_range():
+    from transfer.datasets import augmenter
     from transfer.params import AugmentParams
-    from transfer.training import augmenter
 
     assert augmenter(AugmentParams(False, 0.0, 0.0, 0.0, 0.0), seed=0) is None
     augment = augmenter(AugmentParams(True, 0.05, 0.15, 0.1, 0.1), seed=0)
