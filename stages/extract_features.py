@@ -20,10 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this fi
 from transfer import quality
 from transfer.backbones import BackboneChoice, backbone_digest, build_feature_extractor, resolve
 from transfer.datasets import SPLITS as SPLIT_NAMES
-from transfer.datasets import augmenter, read_classes, read_split
+from transfer.datasets import read_classes, read_split
 from transfer.distribute import runtime
-from transfer.errors import ParamError
-from transfer.features import FeatureStore, extract_features
+from transfer.features import FeatureStore, changing_extractor, extract_features
 from transfer.layout import DATA_QUALITY_REPORTS, FEATURES, RAW, SPLITS
 from transfer.params import (
     DistributeParams,
@@ -43,19 +42,6 @@ log = logging.getLogger("extract-features")
 def parse_params(params: Params) -> tuple[BackboneChoice, FeatureParams, DistributeParams, int, QualityParams]:
     return (resolve(read_backbone(params), params.source), read_features(params), read_distribute(params),
             params.seed(), read_quality(params))
-
-
-def changing_extractor(extractor, augment, seed: int):
-    """``extractor`` behind ``augment``'s random changes, which run even when the model is called for inference
-    (as extraction calls it): a new draw on every call, seeded."""
-    import keras
-
-    changes = augmenter(augment, seed)
-    if changes is None:
-        raise ParamError("features.train_views needs at least one random change in features.view_augment "
-                         "(copies of an image left as it is add nothing)")
-    inputs = keras.Input((None, None, 3), name="image")
-    return keras.Model(inputs, extractor(changes(inputs, training=True)), name="changing_extractor")
 
 
 def report_data_quality(checks: QualityParams, seed: int) -> float:

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from transfer.datasets import image_dataset
-from transfer.errors import DataError
+from transfer.datasets import augmenter, image_dataset
+from transfer.errors import DataError, ParamError
 from transfer.io import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,26 @@ class FeatureStore:
 
 # The split of augmented copies of the training images (``features.train_views``), when there are any.
 TRAIN_VIEWS = "train_views"
+
+
+def changing_extractor(extractor, augment, seed: int):
+    """``extractor`` behind ``augment``'s random changes, which run even when the model is called for inference
+    (as extraction calls it): a new draw on every call, seeded."""
+    import keras
+
+    changes = augmenter(augment, seed)
+    if changes is None:
+        raise ParamError("features.train_views needs at least one random change in features.view_augment "
+                         "(copies of an image left as it is add nothing)")
+    class AlwaysChange(keras.layers.Layer):
+        """The changes in training mode whatever the caller says: a call's ``training=False`` reaches every
+        layer of a functional model, overriding the mode a layer was wired with. Never saved."""
+
+        def call(self, images, training=None):
+            return changes(images, training=True)
+
+    inputs = keras.Input((None, None, 3), name="image")
+    return keras.Model(inputs, extractor(AlwaysChange(name="always_change")(inputs)), name="changing_extractor")
 
 
 def compiled_forward(extractor, image_size: tuple[int, int]):

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from transfer.backbones import build_feature_extractor, resolve
 from transfer.datasets import image_dataset
-from transfer.errors import DataError
+from transfer.errors import DataError, ParamError
 from transfer.features import FeatureStore, extract_features
 from transfer.params import BackboneParams
 
@@ -64,3 +64,43 @@ def test_extraction_is_deterministic(extractor, splits, tmp_path):
     for file in ("train_features.npy", "val_features.npy"):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
     shutil.rmtree(tmp_path / "b")
+
+
+def _pixels(size: int = 8):
+    """A stand-in extractor whose features are the image's pixels, downsampled: any random change shows."""
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    return keras.Model(inputs, keras.layers.Flatten()(keras.layers.Resizing(size, size)(inputs)))
+
+
+def test_augmented_copies_of_the_training_images_are_extracted_beside_them(splits, tmp_path):
+    from transfer.features import TRAIN_VIEWS, changing_extractor
+    from transfer.params import AugmentParams
+
+    plain = _pixels()
+    change = AugmentParams(flip=True, rotation=0.1, zoom=0.2, contrast=0.2, brightness=0.0)
+    for folder in ("a", "b"):
+        extract_features(plain, SIZE, splits, tmp_path / folder, batch_size=8, dtype="float32", meta={"classes": []},
+                         views=(changing_extractor(plain, change, seed=3), 2))
+    store = FeatureStore(tmp_path / "a")
+    train, labels = store.load("train")
+    copies, copy_labels = store.load(TRAIN_VIEWS)
+    assert store.meta["counts"][TRAIN_VIEWS] == 60 and copies.shape == (60, 192)
+    np.testing.assert_array_equal(copy_labels, np.tile(labels, 2))
+    first, second = np.asarray(copies[:30]), np.asarray(copies[30:])
+    # Changed by extraction, which calls the model for inference, and drawn anew for each copy.
+    assert np.abs(first - train).mean() > 1 and np.abs(second - first).mean() > 1
+    # Still the same image: closer to its own clean features than to any other image's.
+    distances = np.linalg.norm(first[:, None, :] - np.asarray(train)[None], axis=2)
+    assert (distances.argmin(axis=1) == np.arange(30)).mean() > 0.5, "chance is 1 in 30"
+    np.testing.assert_array_equal(copies, FeatureStore(tmp_path / "b").load(TRAIN_VIEWS)[0]), "seeded"
+    assert store.load("val")[0].shape == (15, 192), "validation stays as it is"
+
+
+def test_copies_without_a_random_change_are_refused():
+    from transfer.features import changing_extractor
+    from transfer.params import AugmentParams
+
+    with pytest.raises(ParamError, match="features.train_views needs at least one random change"):
+        changing_extractor(_pixels(), AugmentParams(False, 0.0, 0.0, 0.0, 0.0), seed=0)

@@ -234,10 +234,12 @@ def test_params_rewritten_by_dvc_set_param_read_as_dvc_reads_them(default_params
         "split.test": read_split(params).test,
         "features.batch_size": read_features(params).batch_size,
         "features.mirror": read_features(params).mirror,
+        "features.train_views": read_features(params).train_views,
     }
     head, tune = read_head(params), read_fine_tune(params)
     sections = {"head": asdict(head.training), "fine_tune": asdict(tune.training),
                 "fine_tune.augment": asdict(tune.augment), "evaluate": asdict(read_evaluate(params)),
+                "features.view_augment": asdict(read_features(params).view_augment),
                 "quality": asdict(read_quality(params))}
     for section, fields in sections.items():
         reads.update({f"{section}.{name}": value for name, value in fields.items()})

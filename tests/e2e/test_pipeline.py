@@ -170,6 +170,21 @@ def test_a_cached_trunk_fine_tune_trains_as_the_image_path_and_saves_what_it_tra
     assert saved["loss"] == pytest.approx(tuned["val_loss"], abs=1e-4)
 
 
+def test_augmented_copies_in_the_cache_train_the_head(repo, first_run):
+    _back_to_baseline(repo)
+    result = run(["dvc", "exp", "run", "-S", "features.train_views=2", "-S", "fine_tune.epochs=0"], repo)
+    meta = json.loads((repo / "data/features/meta.json").read_text())
+    quality = json.loads((repo / "reports/data_quality/metrics.json").read_text())
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    _back_to_baseline(repo)
+    assert stages_run(result) == ["extract-features", "train-head", "fine-tune", "evaluate"]
+    assert meta["counts"]["train_views"] == 2 * meta["counts"]["train"]
+    assert f"train-head: {meta['counts']['train']} training images and {2 * meta['counts']['train']} augmented " \
+           "copies of them" in result.stderr
+    assert quality["images"] == 45, "the report is on the photos as they are, not their copies"
+    assert metrics["images"] == 9 and metrics["accuracy"] >= 0.6
+
+
 def test_a_reviewed_exclusion_reruns_from_split_and_every_other_image_keeps_its_split(repo, first_run):
     _back_to_baseline(repo)
     splits = ("train", "val", "test")
