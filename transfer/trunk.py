@@ -106,13 +106,25 @@ def classifiers(split: Split, head, mirror: bool):
 
 
 def run_trunk(trunk_on_images, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """The trunk's output for each image of ``dataset`` (batches of images, in order) and for its mirror."""
-    import keras
+    """The trunk's output for each image of ``dataset`` (batches of images, in order) and for its mirror.
 
-    given, mirrored = [], []
+    Both views go through one traced call as one batch, and the last, smaller batch is padded to the full
+    size, so the trunk is traced once (as extraction does, see :func:`transfer.features.compiled_forward`).
+    """
+    import tensorflow as tf
+
+    forward = tf.function(lambda images: trunk_on_images(tf.concat([images, tf.reverse(images, axis=[2])], 0),
+                                                         training=False), reduce_retracing=True)
+    given, mirrored, full = [], [], None
     for images in dataset:
-        given.append(np.asarray(trunk_on_images.predict_on_batch(images)))
-        mirrored.append(np.asarray(trunk_on_images.predict_on_batch(keras.ops.flip(images, axis=2))))
+        count = int(images.shape[0])
+        full = full or count
+        if count < full:
+            images = tf.concat([images, tf.zeros([full - count, *images.shape[1:]], images.dtype)], axis=0)
+        both = forward(images).numpy()  # the batch as given (padded), then its mirror
+        size = int(images.shape[0])
+        given.append(both[:count])
+        mirrored.append(both[size:size + count])
     return np.concatenate(given), np.concatenate(mirrored)
 
 

@@ -107,3 +107,15 @@ def test_a_cache_too_large_is_refused_before_it_is_made():
     assert check_cache_size(100, (7, 7, 56), 4) == 2 * 100 * 7 * 7 * 56 * 4
     with pytest.raises(ParamError, match=r"fine_tune.trunk_cache = true is invalid here: .* 1000000 images"):
         check_cache_size(1_000_000, (28, 28, 64), 4)
+
+
+def test_the_trunk_runs_each_batch_and_its_mirror_whatever_the_batch_sizes():
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 3)(inputs))
+    images = _images(13)
+    for batches in ([images[:8], images[8:]], [images[:3], images[3:]], [images]):
+        given, mirrored = run_trunk(model, batches)
+        np.testing.assert_allclose(given, model.predict(images, verbose=0), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(mirrored, model.predict(images[:, :, ::-1], verbose=0), rtol=1e-5, atol=1e-4)
