@@ -247,19 +247,15 @@ def in_process_ratios(repo: Path, epochs: int, quick: bool) -> dict:
               epochs=2, verbose=0, callbacks=[fine.callback])
 
     # 4. The same fine-tune with fine_tune.trunk_cache: the frozen trunk once (both views), then top-only epochs.
-    import keras
-
-    from transfer.backbones import build_views, preprocess
+    from transfer.backbones import build_views
     from transfer.models import backbone_of
-    from transfer.trunk import classifiers, run_trunk, split_backbone, view_dataset
+    from transfer.trunk import classifiers, run_trunk, split_backbone, trunk_on_images, view_dataset
 
     set_determinism(0)
     views, single = build_views(choice, True)
     head = build_head(features.shape[1], len(classes), (), 0.2, False)
     cut = split_backbone(backbone_of(single), unfreeze_top(assemble_classifier(views, head), 20)[0])
-    inputs = keras.Input((None, None, 3))
-    on_images = keras.Model(inputs, cut.trunk(preprocess(single.get_layer("resize")(inputs),
-                                                         choice.spec.preprocessing), training=False))
+    on_images = trunk_on_images(cut, single, choice.spec.preprocessing)
     trained, _ = classifiers(cut, head, mirror=True)
     compile_for_training(trained, 1e-5, 0.0)
     start = time.perf_counter()

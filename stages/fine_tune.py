@@ -17,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this file as a script.
 
-from transfer.backbones import BackboneChoice, backbone_digest, build_views, preprocess, resolve
+from transfer.backbones import BackboneChoice, backbone_digest, build_views, resolve
 from transfer.datasets import augmenter, image_dataset, read_classes, read_split
 from transfer.distribute import runtime
 from transfer.errors import DataError
@@ -53,7 +53,14 @@ from transfer.training import (
     set_determinism,
     write_history,
 )
-from transfer.trunk import check_cache_size, classifiers, run_trunk, split_backbone, view_dataset
+from transfer.trunk import (
+    check_cache_size,
+    classifiers,
+    run_trunk,
+    split_backbone,
+    trunk_on_images,
+    view_dataset,
+)
 
 log = logging.getLogger("fine-tune")
 
@@ -63,13 +70,8 @@ class TrunkCache:
     cached output (see :mod:`transfer.trunk`), built on the classifier's own layers."""
 
     def __init__(self, choice: BackboneChoice, single_view, head, mirror: bool, first_trained: str):
-        import keras
-
         self.split = split_backbone(backbone_of(single_view), first_trained)
-        inputs = keras.Input((None, None, 3), name="image")
-        resized = single_view.get_layer("resize")(inputs)
-        self.on_images = keras.Model(inputs, self.split.trunk(preprocess(resized, choice.spec.preprocessing),
-                                                               training=False), name="trunk_on_images")
+        self.on_images = trunk_on_images(self.split, single_view, choice.spec.preprocessing)
         self.trained, self.scorer = classifiers(self.split, head, mirror)
         self.mirror = mirror
 

@@ -71,6 +71,19 @@ def split_backbone(backbone, first_trained: str) -> Split:
     return Split(trunk=trunk, top=top, first=names[start])
 
 
+def trunk_on_images(split: Split, single_view, preprocessing: str):
+    """Raw images in, the trunk's output out: ``single_view``'s own resizing, the backbone's preprocessing, the
+    trunk. What :func:`run_trunk` runs to fill the cache."""
+    import keras
+
+    from transfer.backbones import preprocess
+
+    inputs = keras.Input((None, None, 3), name="image")
+    resized = single_view.get_layer("resize")(inputs)
+    return keras.Model(inputs, split.trunk(preprocess(resized, preprocessing), training=False),
+                       name="trunk_on_images")
+
+
 def check_cache_size(images: int, shape: tuple[int, ...], itemsize: int) -> int:
     """The bytes the cache of ``images`` images (two views each) will take.
 

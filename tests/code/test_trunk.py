@@ -4,27 +4,26 @@ from the cache trains the saved model."""
 import numpy as np
 import pytest
 
-from transfer.backbones import build_views, preprocess, resolve
+from transfer.backbones import build_views, resolve
 from transfer.errors import ParamError
 from transfer.heads import build_head
 from transfer.models import assemble_classifier, backbone_of, unfreeze_top
 from transfer.params import BackboneParams
 from transfer.training import compile_for_training, fit, score, set_determinism
-from transfer.trunk import check_cache_size, classifiers, run_trunk, split_backbone, view_dataset
+from transfer.trunk import (
+    check_cache_size,
+    classifiers,
+    run_trunk,
+    split_backbone,
+    trunk_on_images,
+    view_dataset,
+)
 
 SIZE = (32, 32)
 
 
 def _images(count: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 255, (count, *SIZE, 3)).astype("float32")
-
-
-def _on_images(split, views, choice):
-    import keras
-
-    inputs = keras.Input((None, None, 3))
-    resized = views.get_layer("resize")(inputs)
-    return keras.Model(inputs, split.trunk(preprocess(resized, choice.spec.preprocessing), training=False))
 
 
 @pytest.mark.parametrize(
@@ -46,7 +45,7 @@ def test_trunk_then_top_is_the_backbone(name, first, cut):
     assert split.first == cut
     images = _images(4)
     whole = np.asarray(single(images))
-    cut = np.asarray(split.top(_on_images(split, single, choice)(images)))
+    cut = np.asarray(split.top(trunk_on_images(split, single, choice.spec.preprocessing)(images)))
     np.testing.assert_allclose(cut, whole, rtol=1e-4, atol=1e-5)
     assert set(map(id, split.top.weights)) <= set(map(id, backbone.weights)), "the top shares the backbone's layers"
 
@@ -67,8 +66,9 @@ def test_the_top_learns_from_the_cache_and_the_saved_model_moves_with_it():
     # A task the random features can tell: bright images against dark ones.
     images = np.concatenate([_images(16, 1) * 0.3, _images(16, 2) * 0.3 + 170])
     targets = np.eye(2, dtype="float32")[np.repeat([0, 1], 16)]
-    views = run_trunk(_on_images(split, single, choice), [images[:8], images[8:]])
-    mirrored = run_trunk(_on_images(split, single, choice), [images[:, :, ::-1][:8], images[:, :, ::-1][8:]])
+    on_images = trunk_on_images(split, single, choice.spec.preprocessing)
+    views = run_trunk(on_images, [images[:8], images[8:]])
+    mirrored = run_trunk(on_images, [images[:, :, ::-1][:8], images[:, :, ::-1][8:]])
     np.testing.assert_allclose(mirrored[0], views[1], rtol=1e-4, atol=1e-5)
     before = score(scorer, (views, targets), 8)
     np.testing.assert_allclose(before["loss"], score(model, (images, targets), 8)["loss"], rtol=1e-4)
