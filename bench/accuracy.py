@@ -27,12 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.helpers import ASSETS, make_pipeline_repo, make_shapes_dataset, run  # noqa: E402 (path first)
+from transfer.params import parse_params_text  # noqa: E402
 
 DEV_ARCHIVE = ASSETS / "flower_photos_dev.tgz"
 SHARED_WEIGHTS = {
@@ -219,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"error: --set {item!r}: expected KEY=VALUE")
-        base[key.strip()] = yaml.safe_load(value)
+        base[key.strip()] = parse_params_text(value, f"--set {item}")  # as DVC and the stages read it
     args.backbones = [name.strip() for name in args.backbones.split(",") if name.strip()]
     named = {"all": list(LEVERS), "none": []}
     levers = named[args.levers] if args.levers in named else [name.strip() for name in args.levers.split(",")]
