@@ -1,7 +1,8 @@
-"""download: fetch ``data.source`` (URL, local archive or local folder) into ``data/raw/<class>/``.
+"""download: fetch ``data.source`` (URL, local archive or folder, array data set) into ``data/raw/<class>/``.
 
 Reads params: data.source, data.sha256, data.labels_csv, data.max_bytes.
-Writes: data/raw/, reports/download.json (the layout found; labels CSV rows that gave no image)
+Writes: data/raw/, reports/download.json (the layout found; labels CSV rows that gave no image; how many images
+    of an array data set's own test split it wrote, named test-*)
 """
 
 import logging

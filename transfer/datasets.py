@@ -202,6 +202,16 @@ def stratified_split(
     return {split: sorted(rows) for split, rows in splits.items()}
 
 
+def split_keeping_test(
+    images: list[tuple[str, str, str]], classes: list[str], val: float, seed: int, is_test
+) -> dict[str, list[tuple[str, str]]]:
+    """The test split a data set ships, kept as it is; val drawn per class (as :func:`stratified_split`) from
+    the rest. ``is_test(path)`` says which images the data set ships as its test split."""
+    shipped = sorted((path, label) for path, label, _ in images if is_test(path))
+    splits = stratified_split([image for image in images if not is_test(image[0])], classes, val, 0.0, seed)
+    return {**splits, "test": shipped}
+
+
 def _curation_rows(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
     """The rows of a curation CSV, which must exist and hold ``columns`` (more are allowed)."""
     if not path.is_file():

@@ -3,6 +3,8 @@
 from pathlib import Path
 
 RAW = Path("data/raw")
+# The files of data/raw that came from the test split an array data set ships (CIFAR-10, MNIST...).
+SHIPPED_TEST_PREFIX = "test-"
 SPLITS = Path("data/splits")
 FEATURES = Path("data/features")
 HEAD_MODEL = Path("models/head.keras")

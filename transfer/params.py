@@ -237,8 +237,12 @@ class DataParams:
 
 @dataclass(frozen=True)
 class SplitParams:
+    """The fractions of each class drawn for val and test; ``shipped_test``: keep the test split a data set
+    ships (CIFAR-10, MNIST...) as the test split, drawing only val from the rest (``test`` then unused)."""
+
     val: float
     test: float
+    shipped_test: bool = True
 
 
 @dataclass(frozen=True)
@@ -410,7 +414,7 @@ def read_split(params: Params) -> SplitParams:
     test = params.number("split.test", 0.0, 1.0, high_open=True)
     if val + test >= 1.0:
         raise params.fail("split.test", test, f"split.val + split.test below 1 (split.val is {val})")
-    return SplitParams(val=val, test=test)
+    return SplitParams(val=val, test=test, shipped_test=params.bool("split.shipped_test"))
 
 
 def read_curation(params: Params) -> CurationParams:

@@ -1,6 +1,8 @@
 """Getting a dataset into ``data/raw/<class>/``: from a URL, a local archive, or a local folder.
 
 The images come as one subfolder per class, or as a flat folder labelled by a CSV (``data.labels_csv``).
+Array data sets (``keras:cifar10``, a ``.npz``, a CIFAR python archive) are written out as PNGs by
+:mod:`transfer.arrays`.
 Downloads are checked against ``data.sha256`` when it is set, archives are extracted without letting any
 member land outside the target or unpack past ``data.max_bytes``, and the result appears under its final
 name only when it is complete.
@@ -22,6 +24,18 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transfer.arrays import (
+    KERAS_DATASETS,
+    KERAS_PREFIX,
+    ArraySet,
+    arrays_from_cifar,
+    arrays_from_npz,
+    cifar_layout,
+    is_keras_dataset,
+    is_npz,
+    load_keras,
+    write_arrays,
+)
 from transfer.errors import DataError
 from transfer.io import atomic_path, scratch_folder
 from transfer.labels_csv import arrange_by_label, locate_labels_csv
@@ -246,38 +260,61 @@ class Fetched:
         excluded: {"path", "reason"} for each labels CSV row that gave no image, and each link (or device)
             in a source folder that was not followed.
         unlisted: files beside the labelled images that the labels CSV does not name.
+        shipped_test: images of the test split the data set ships (array sources), named ``test-*``.
     """
 
     classes: list[str]
     layout: str
     excluded: list[dict[str, str]] = field(default_factory=list)
     unlisted: int = 0
+    shipped_test: int = 0
 
 
 def _local_source(source: str) -> Path:
     path = repo_path(source)
     if not path.exists():
         raise DataError(f"data.source = {source!r} is invalid: no such file or folder (looked for {path.resolve()})")
-    if path.is_file() and not path.name.lower().endswith(ARCHIVE_SUFFIXES):
+    if path.is_file() and not path.name.lower().endswith(ARCHIVE_SUFFIXES) and not is_npz(path):
         raise DataError(
-            f"data.source = {source!r} is invalid: expected a URL, a folder, or an archive "
-            f"ending in {', '.join(ARCHIVE_SUFFIXES)}"
+            f"data.source = {source!r} is invalid: expected a URL, a folder, an archive ending in "
+            f"{', '.join(ARCHIVE_SUFFIXES)}, a .npz of arrays, or one of "
+            + ", ".join(KERAS_PREFIX + name for name in KERAS_DATASETS)
         )
     return path
+
+
+def _no_extras(data: DataParams, kind: str) -> None:
+    if data.labels_csv is not None:
+        raise DataError(f"data.labels_csv = {data.labels_csv!r} does not apply: data.source = {data.source!r} is "
+                        f"{kind}, which holds its own labels; set data.labels_csv to null")
+
+
+def _write(arrays: ArraySet, target: Path, layout: str) -> Fetched:
+    with atomic_path(target) as staging:
+        staging.mkdir()
+        classes, shipped_test = write_arrays(arrays, staging)
+    return Fetched(classes=classes, layout=layout, shipped_test=shipped_test)
 
 
 def fetch(data: DataParams, target: Path) -> Fetched:
     """Materialise ``data.source`` as ``target/<class>/<images>``, whole or not at all.
 
     Args:
-        data: the source (URL, local archive or folder), its checksum, the labels CSV if the images are
-            not filed by class, and the size bound.
+        data: the source (URL, local archive or folder, .npz, ``keras:<name>``), its checksum, the labels
+            CSV if the images are not filed by class, and the size bound.
         target: the folder to create (replaced if it exists; untouched on any error).
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     with scratch_folder(target.with_name(f"{target.name}-fetch")) as scratch:
+        if is_keras_dataset(data.source):
+            _no_extras(data, "a keras.datasets data set")
+            if data.sha256:
+                raise DataError(f"data.sha256 does not apply to data.source = {data.source!r}: keras.datasets "
+                                "checks its own downloads; set it to null")
+            return _write(load_keras(data.source), target, f"keras.datasets {data.source[len(KERAS_PREFIX):]}")
         if is_url(data.source):
-            archive = scratch / "download"
+            # Keep the name's extension: it tells a .npz from an archive.
+            archive = scratch / ("download.npz" if is_npz(Path(data.source.split("?")[0])) else "download")
             download(data.source, archive, data.max_bytes)
         else:
             archive = _local_source(data.source)
@@ -292,8 +329,15 @@ def fetch(data: DataParams, target: Path) -> Fetched:
                     raise DataError(
                         f"checksum mismatch for {data.source}: data.sha256 is {data.sha256}, the file has {actual}"
                     )
+            if is_npz(archive):
+                _no_extras(data, "a .npz of arrays")
+                return _write(arrays_from_npz(archive), target, "arrays (.npz)")
             extract(archive, scratch / "extracted", data.max_bytes)
             root = scratch / "extracted"
+            cifar = cifar_layout(unwrap(root))
+            if cifar is not None:
+                _no_extras(data, "a CIFAR archive")
+                return _write(arrays_from_cifar(unwrap(root)), target, f"{cifar} python archive")
         with atomic_path(target) as staging:
             staging.mkdir()
             if data.labels_csv is None:
