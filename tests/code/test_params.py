@@ -53,6 +53,7 @@ def test_the_repository_params_parse(params_tree):
         ("split.val", 1.5, "a number in [0.0, 1.0)"),
         ("split.val", -0.1, "a number in [0.0, 1.0)"),
         ("split.test", 0.9, "split.val + split.test below 1"),
+        ("split.shipped_test", "yes", "true or false"),
         ("backbone", "ResNet5O", "did you mean resnet50? expected one of convnext_base, "),
         ("weights", "inputs/weights/nowhere.h5", "the path of an existing weights file"),
         ("weights", "models/nowhere.h5", "expected a file in inputs/weights/"),
@@ -132,7 +133,7 @@ def test_a_missing_key_is_named(params_tree):
 def test_keys_read_are_recorded(params_tree):
     params = Params(params_tree)
     read_split(params)
-    assert params.keys_read == {"split.val", "split.test"}
+    assert params.keys_read == {"split.val", "split.test", "split.shipped_test"}
 
 
 def test_a_missing_or_broken_file_is_a_param_error(tmp_path):
@@ -232,6 +233,7 @@ def test_params_rewritten_by_dvc_set_param_read_as_dvc_reads_them(default_params
         "data.max_bytes": read_data(params).max_bytes,
         "split.val": read_split(params).val,
         "split.test": read_split(params).test,
+        "split.shipped_test": read_split(params).shipped_test,
         "features.batch_size": read_features(params).batch_size,
         "features.mirror": read_features(params).mirror,
         "features.train_views": read_features(params).train_views,
