@@ -123,11 +123,13 @@ class BackboneChoice:
         spec: the registry entry.
         weights: ``"imagenet"``, None for random initialisation, or an absolute path to a weights file.
         image_size: (height, width) the backbone runs at.
+        layer: the layer the backbone is cut at (its pooled output are the features), or None for its last.
     """
 
     spec: Backbone
     weights: str | None
     image_size: tuple[int, int]
+    layer: str | None = None
 
 
 def resolve(params: BackboneParams, source: str = "params.yaml") -> BackboneChoice:
@@ -165,11 +167,12 @@ def resolve(params: BackboneParams, source: str = "params.yaml") -> BackboneChoi
             f"{source}: image_size = {list(size)} is invalid: {spec.name} needs at least "
             f"{spec.min_size}x{spec.min_size} (null gives its native {spec.native_size})"
         )
-    return BackboneChoice(spec=spec, weights=weights, image_size=size)
+    return BackboneChoice(spec=spec, weights=weights, image_size=size, layer=params.layer)
 
 
 def build_backbone(choice: BackboneChoice):
-    """Build the headless backbone with global average pooling, named :data:`BACKBONE_LAYER`.
+    """Build the headless backbone with global average pooling, named :data:`BACKBONE_LAYER`; cut at
+    ``choice.layer`` when one is given, so that it holds only the layers up to it.
 
     Returns:
         A ``keras.Model`` from preprocessed images of ``choice.image_size`` to pooled features.
@@ -181,7 +184,7 @@ def build_backbone(choice: BackboneChoice):
         include_top=False,
         weights=choice.weights,
         input_shape=(*choice.image_size, 3),
-        pooling="avg",
+        pooling=None if choice.layer else "avg",
     )
     if spec.alpha is not None:
         kwargs["alpha"] = spec.alpha
@@ -197,9 +200,38 @@ def build_backbone(choice: BackboneChoice):
         if choice.weights == "imagenet" and "URL fetch failure" in str(error):
             raise weights_download_error(spec.name, str(error)) from None
         raise
+    if choice.layer:
+        backbone = cut_at(backbone, choice.layer, spec.name)
     # Renamed afterwards: EfficientNetV2 looks its block layout up by the name it is built with.
     backbone.name = BACKBONE_LAYER
     return backbone
+
+
+CUT_POOL_LAYER = "cut_pool"
+
+
+def cut_at(backbone, layer: str, name: str):
+    """The part of ``backbone`` from its input to ``layer``, its output average-pooled over space.
+
+    Raises:
+        ParamError: ``backbone`` has no such layer (naming some it has), or the layer's output is not a
+            feature map or a feature vector.
+    """
+    import keras
+
+    names = [item.name for item in backbone.layers if not isinstance(item, keras.layers.InputLayer)]
+    if layer not in names:
+        ends = [item for item in names if item.endswith(("_pool", "_add", "_out", "out_relu", "_activation"))]
+        examples = (ends if len(ends) >= 3 else names)[:: max(1, len(ends if len(ends) >= 3 else names) // 8)]
+        raise ParamError(f"features.layer = {layer!r} is invalid: {name} has no layer of that name; expected null "
+                         f"(its last layer) or one of its {len(names)} layers, such as {', '.join(examples)}")
+    output = backbone.get_layer(layer).output
+    if len(output.shape) == 4:
+        output = keras.layers.GlobalAveragePooling2D(name=CUT_POOL_LAYER)(output)
+    elif len(output.shape) != 2:
+        raise ParamError(f"features.layer = {layer!r} is invalid: its output has shape {tuple(output.shape)}; "
+                         "expected a feature map (batch, height, width, channels) or a vector (batch, features)")
+    return keras.Model(backbone.inputs, output)
 
 
 def weights_download_error(name: str, message: str) -> DataError:

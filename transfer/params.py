@@ -553,6 +553,7 @@ class BackboneParams:
     name: str
     weights: str
     image_size: tuple[int, int] | None
+    layer: str | None = None  # features.layer: cut the backbone at this layer (None: its last)
 
 
 def read_backbone(params: Params) -> BackboneParams:
@@ -574,4 +575,6 @@ def read_backbone(params: Params) -> BackboneParams:
     weights = params.text("weights").strip()
     if weights.lower() not in ("imagenet", "none"):
         input_file("weights", weights, WEIGHTS_FOLDER, params.source)
-    return BackboneParams(name=params.text("backbone"), weights=weights, image_size=size)
+    layer = params.text("features.layer", optional=True)
+    return BackboneParams(name=params.text("backbone"), weights=weights, image_size=size,
+                          layer=layer.strip() if layer else None)

@@ -58,7 +58,7 @@ def check_all(params: Params) -> None:
     read_head(params)
     read_quality(params)
     unfreeze = read_fine_tune(params).unfreeze
-    layers = LAYER_COUNTS.get(choice.spec.name)
+    layers = None if choice.layer else LAYER_COUNTS.get(choice.spec.name)  # a cut backbone: counted when built
     if isinstance(unfreeze, int) and layers is not None and unfreeze > layers:
         raise params.fail("fine_tune.unfreeze", unfreeze, f"{UNFREEZE_ALL}, a layer name, or a number of top layers "
                           f"up to {layers} ({choice.spec.name} has {layers})")

@@ -132,3 +132,33 @@ def test_imagenet_weights_that_cannot_be_downloaded_are_one_line_with_a_way_out(
     assert "cannot download the ImageNet weights of mobilenetv2_0.35 ([Errno -2] Name or service not known)" in message
     assert "set weights to the path of mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5" in message
     assert str(tmp_path / "models") in message and "\n" not in message
+
+
+def test_a_backbone_cut_at_a_named_layer_holds_only_what_it_uses(tmp_path):
+    import keras
+
+    from transfer.heads import build_head
+    from transfer.models import assemble_classifier, unfreeze_top
+
+    choice = resolve(BackboneParams("vgg16", "none", (32, 32), layer="block3_pool"))
+    extractor = build_feature_extractor(choice)
+    images = np.random.default_rng(3).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    features = np.asarray(extractor(images))
+    assert features.shape == (2, 256), "VGG16 block3_pool at 32x32: 4x4x256, average-pooled"
+    names = [layer.name for layer in extractor.get_layer(BACKBONE_LAYER).layers]
+    assert names[-2:] == ["block3_pool", "cut_pool"] and not any(name.startswith("block4") for name in names)
+    model = assemble_classifier(extractor, build_head(256, 3, (), 0.0, False))
+    assert unfreeze_top(model, 3) == ["block3_conv3", "block3_pool", "cut_pool"], "counted inside the cut backbone"
+    model.save(tmp_path / "cut.keras")
+    loaded = keras.saving.load_model(tmp_path / "cut.keras")
+    np.testing.assert_allclose(np.asarray(loaded(images)), np.asarray(model(images)), rtol=1e-5, atol=1e-6)
+    assert sum(np.prod(w.shape) for w in loaded.get_layer(BACKBONE_LAYER).weights) == 1735488  # blocks 1-3 only
+
+
+def test_an_unknown_layer_to_cut_at_names_some_that_exist():
+    choice = resolve(BackboneParams("vgg16", "none", (32, 32), layer="block3_pol"))
+    with pytest.raises(ParamError) as raised:
+        build_feature_extractor(choice)
+    message = str(raised.value)
+    assert message.startswith("features.layer = 'block3_pol' is invalid: vgg16 has no layer of that name")
+    assert "block3_pool" in message and "\n" not in message
