@@ -54,6 +54,7 @@ def test_the_repository_params_parse(params_tree):
         ("split.val", -0.1, "a number in [0.0, 1.0)"),
         ("split.test", 0.9, "split.val + split.test below 1"),
         ("split.shipped_test", "yes", "true or false"),
+        ("features.layer", 3, "a non-empty string or null"),
         ("backbone", "ResNet5O", "did you mean resnet50? expected one of convnext_base, "),
         ("weights", "inputs/weights/nowhere.h5", "the path of an existing weights file"),
         ("weights", "models/nowhere.h5", "expected a file in inputs/weights/"),
