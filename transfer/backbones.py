@@ -21,10 +21,11 @@ from transfer.params import BackboneParams
 #   tf:    scale to [-1, 1] (Inception, Xception, MobileNet v1/v2, ResNet v2, NASNet);
 #   torch: scale to [0, 1], then standardise with the ImageNet mean and std (DenseNet);
 #   none:  the model rescales raw [0, 255] pixels itself (EfficientNet, EfficientNetV2, ConvNeXt, MobileNetV3).
+#   unit:  scale to [0, 1] (the models trained from scratch).
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
 TORCH_STD_RGB = (0.229, 0.224, 0.225)
-PREPROCESSING = ("caffe", "tf", "torch", "none")
+PREPROCESSING = ("caffe", "tf", "torch", "none", "unit")
 
 BACKBONE_LAYER = "backbone"
 BACKBONE_INIT_SEED = 0
@@ -42,6 +43,8 @@ class Backbone:
         native_size: the input side it was trained at on ImageNet.
         min_size: the smallest input side Keras accepts.
         alpha: the width multiplier of MobileNets, else None.
+        pretrained: False for the architectures of :data:`SCRATCH` (built here, trained from scratch: they take
+            only ``weights: none``).
     """
 
     name: str
@@ -51,6 +54,7 @@ class Backbone:
     native_size: int
     min_size: int = 32
     alpha: float | None = None
+    pretrained: bool = True
 
 
 def _entries() -> list[Backbone]:
@@ -94,7 +98,18 @@ def _entries() -> list[Backbone]:
         for alpha in alphas:
             entry_name = name if alpha == 1.0 else f"{name}_{alpha:g}"
             entries.append(Backbone(entry_name, constructor, module, preprocessing, 224, alpha=alpha))
+    # Baselines trained from scratch, to answer "does transfer beat training from scratch on my data?". The
+    # features of `flatten` are the pixels themselves (the head is then a plain dense network); those of
+    # `small_cnn` come from two random convolution blocks, which fine-tune trains with the head.
+    entries += [
+        Backbone(name, name, "scratch", "unit", 32, min_size=min_size, pretrained=False)
+        for name, min_size in SCRATCH.items()
+    ]
     return entries
+
+
+# The architectures built here rather than taken from keras.applications, and the smallest side each takes.
+SCRATCH = {"flatten": 1, "small_cnn": 4}
 
 
 REGISTRY: dict[str, Backbone] = {entry.name: entry for entry in _entries()}
@@ -111,7 +126,7 @@ LAYER_COUNTS: dict[str, int] = {
     "efficientnetv2b3": 409, "mobilenet_0.25": 86, "mobilenet_0.5": 86, "mobilenet_0.75": 86, "mobilenet": 86,
     "mobilenetv2_0.35": 154, "mobilenetv2_0.5": 154, "mobilenetv2_0.75": 154, "mobilenetv2": 154,
     "mobilenetv2_1.3": 154, "mobilenetv2_1.4": 154, "mobilenetv3small_0.75": 157, "mobilenetv3small": 157,
-    "mobilenetv3large_0.75": 187, "mobilenetv3large": 187,
+    "mobilenetv3large_0.75": 187, "mobilenetv3large": 187, "flatten": 1, "small_cnn": 5,
 }
 
 
@@ -147,6 +162,11 @@ def resolve(params: BackboneParams, source: str = "params.yaml") -> BackboneChoi
             f"{source}: backbone = {params.name!r} is invalid: {hint}expected one of {', '.join(sorted(REGISTRY))}"
         )
     weights: str | None
+    if not spec.pretrained and params.weights.lower() != "none":
+        raise ParamError(
+            f"{source}: weights = {params.weights!r} is invalid: backbone {spec.name} is trained from scratch and "
+            "has no pretrained weights; expected none"
+        )
     if params.weights.lower() == "imagenet":
         weights = "imagenet"
     elif params.weights.lower() == "none":
@@ -180,6 +200,12 @@ def build_backbone(choice: BackboneChoice):
     import keras
 
     spec = choice.spec
+    if not spec.pretrained:
+        backbone = build_scratch(spec.name, choice.image_size)
+        if choice.layer:
+            backbone = cut_at(backbone, choice.layer, spec.name)
+        backbone.name = BACKBONE_LAYER
+        return backbone
     kwargs = dict(
         include_top=False,
         weights=choice.weights,
@@ -205,6 +231,25 @@ def build_backbone(choice: BackboneChoice):
     # Renamed afterwards: EfficientNetV2 looks its block layout up by the name it is built with.
     backbone.name = BACKBONE_LAYER
     return backbone
+
+
+def build_scratch(name: str, image_size: tuple[int, int]):
+    """One of :data:`SCRATCH`, randomly initialised (seeded by the caller), from preprocessed images to features.
+
+    ``flatten``: the pixels as they are. ``small_cnn``: Conv2D 64 and Conv2D 128 (3x3, same padding, ReLU), each
+    followed by 2x2 max pooling, then flattened; the classic small CNN of the CIFAR-10 tutorials, whose Dense and
+    Dropout layers are the head's (``head.hidden: [200]``, ``head.dropout``).
+    """
+    import keras
+
+    inputs = keras.Input((*image_size, 3), name="pixels")
+    x = inputs
+    if name == "small_cnn":
+        for block, filters in enumerate((64, 128), start=1):
+            x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{block}")(x)
+            x = keras.layers.MaxPooling2D(2, name=f"pool{block}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    return keras.Model(inputs, x, name=name)
 
 
 CUT_POOL_LAYER = "cut_pool"
@@ -277,6 +322,8 @@ def preprocess(x, preprocessing: str):
         return y
     if preprocessing == "none":
         return x
+    if preprocessing == "unit":
+        return keras.layers.Rescaling(1 / 255.0, name="preprocess_unit")(x)
     raise ValueError(f"unknown preprocessing {preprocessing!r}; expected one of {PREPROCESSING}")
 
 

@@ -28,7 +28,7 @@ MAX_IMAGE_SIDE = 2048  # pixels; the largest native size is 600 (EfficientNetB7)
 CLASS_WEIGHTS = ("balanced", "none")
 FEATURE_DTYPES = ("float16", "float32")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
-OPTIMIZERS = ("adam", "adamw")
+OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
 UNFREEZE_ALL = "all"  # fine_tune.unfreeze: every layer of the backbone but BatchNormalization
 # Files the pipeline reads besides the photos live here, each folder a DVC dependency of the stages that read
@@ -303,7 +303,7 @@ class TrainingParams:
         patience: epochs in a row without a better validation loss before training stops.
         label_smoothing: the cross-entropy's label smoothing.
         class_weight: ``balanced`` or ``none``.
-        optimizer: ``adam`` or ``adamw``.
+        optimizer: ``adam``, ``adamw`` or ``sgd``.
         weight_decay: AdamW's decoupled weight decay (unused by Adam).
         schedule: ``constant``, or ``cosine``: a linear warmup to ``lr`` over ``warmup_epochs``, then a cosine
             decay to zero at ``epochs``.

@@ -65,7 +65,7 @@ def learning_rate(params: TrainingParams, steps_per_epoch: int):
 
 def compile_for_training(model, lr, label_smoothing: float = 0.0, optimizer: str = "adam",
                          weight_decay: float = 0.0) -> None:
-    """Compile with Adam or AdamW and categorical cross-entropy on one-hot targets.
+    """Compile with Adam, AdamW or plain SGD and categorical cross-entropy on one-hot targets.
 
     Call again after changing ``trainable``: Keras fixes the trainable variables when it compiles.
 
@@ -73,13 +73,15 @@ def compile_for_training(model, lr, label_smoothing: float = 0.0, optimizer: str
         model: the model to compile.
         lr: a learning rate, or a schedule from :func:`learning_rate`.
         label_smoothing: the cross-entropy's label smoothing.
-        optimizer: ``adam`` or ``adamw`` (decoupled weight decay).
+        optimizer: ``adam``, ``adamw`` (decoupled weight decay) or ``sgd`` (plain, no momentum).
         weight_decay: AdamW's decay per step, relative to the learning rate; unused by Adam.
     """
     import keras
 
     if optimizer == "adamw":
         chosen = keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay)
+    elif optimizer == "sgd":
+        chosen = keras.optimizers.SGD(learning_rate=lr)
     else:
         chosen = keras.optimizers.Adam(learning_rate=lr)
     model.compile(

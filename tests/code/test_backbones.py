@@ -54,7 +54,7 @@ def test_weights_are_imagenet_none_or_an_existing_file(tmp_path):
         resolve(BackboneParams("vgg16", "missing.h5", None))
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("name", sorted(name for name, spec in REGISTRY.items() if spec.pretrained))
 def test_preprocessing_matches_keras_own_function(name):
     """The in-model layers give what keras.applications.<module>.preprocess_input gives, on raw pixels."""
     import keras
@@ -162,3 +162,44 @@ def test_an_unknown_layer_to_cut_at_names_some_that_exist():
     message = str(raised.value)
     assert message.startswith("features.layer = 'block3_pol' is invalid: vgg16 has no layer of that name")
     assert "block3_pool" in message and "\n" not in message
+
+
+def test_the_from_scratch_baselines_take_no_pretrained_weights_and_their_widths():
+    with pytest.raises(ParamError, match="backbone small_cnn is trained from scratch and has no pretrained weights; "
+                                         "expected none"):
+        resolve(BackboneParams("small_cnn", "imagenet", None))
+    images = np.zeros((2, 32, 32, 3), "float32")
+    flatten = resolve(BackboneParams("flatten", "none", None))
+    assert flatten.image_size == (32, 32)
+    assert build_feature_extractor(flatten)(images).shape == (2, 32 * 32 * 3)
+    cnn = build_feature_extractor(resolve(BackboneParams("small_cnn", "none", None)))
+    assert cnn(images).shape == (2, 8 * 8 * 128)
+    assert [layer.name for layer in cnn.get_layer(BACKBONE_LAYER).layers[1:]] == [
+        "conv1", "pool1", "conv2", "pool2", "flatten"]
+    weights = sum(int(np.prod(w.shape)) for w in cnn.get_layer(BACKBONE_LAYER).weights)
+    assert weights == (3 * 3 * 3 * 64 + 64) + (3 * 3 * 64 * 128 + 128), "the two convolutions, nothing else"
+
+
+@pytest.mark.parametrize("name, unfreeze", [("flatten", 0), ("small_cnn", "all")])
+def test_the_from_scratch_baselines_learn_a_separable_task(name, unfreeze):
+    """Trained as the pipeline trains them: the head on the features, then (small_cnn) every layer."""
+    import keras
+
+    from tests.helpers import SHAPES, shape_image
+    from transfer.heads import build_head
+    from transfer.models import assemble_classifier, unfreeze_top
+    from transfer.training import compile_for_training
+
+    rng = np.random.default_rng(0)
+    x = np.stack([np.asarray(shape_image(kind, 32, rng), "float32") for kind in SHAPES for _ in range(40)])
+    y = np.repeat(np.eye(3, dtype="float32"), 40, axis=0)
+    order = rng.permutation(len(x))
+    x, y = x[order], y[order]
+    extractor = build_feature_extractor(resolve(BackboneParams(name, "none", (32, 32))))
+    keras.utils.set_random_seed(1)
+    model = assemble_classifier(extractor, build_head(extractor.output_shape[-1], 3, (64,), 0.2, False))
+    unfreeze_top(model, unfreeze)
+    compile_for_training(model, 1e-3)
+    model.fit(x[:90], y[:90], epochs=15, batch_size=16, verbose=0)
+    accuracy = float(np.mean(model.predict(x[90:], verbose=0).argmax(1) == y[90:].argmax(1)))
+    assert accuracy > 0.8, f"{name}: {accuracy:.2f} on 30 held-out images (chance 0.33)"
