@@ -119,7 +119,9 @@ def main() -> None:
         model = assemble_classifier(extractor, head)
         # What the steps train: the same layers (and weights) as the model, one view per image.
         trained = assemble_classifier(single_view, head) if mirror else model
-        unfrozen = unfreeze_top(model, tune.unfreeze)
+        # With no epochs nothing trains: fine_tune.unfreeze is not used (a cut or from-scratch backbone may
+        # have fewer layers than its default counts).
+        unfrozen = unfreeze_top(model, tune.unfreeze) if tune.training.epochs else []
         cache = None
         if tune.trunk_cache and tune.training.epochs:
             first = unfrozen[0] if unfrozen else backbone_of(model).operations[-1].name

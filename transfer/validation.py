@@ -57,9 +57,10 @@ def check_all(params: Params) -> None:
     read_distribute(params)
     read_head(params)
     read_quality(params)
-    unfreeze = read_fine_tune(params).unfreeze
+    tune = read_fine_tune(params)
+    unfreeze = tune.unfreeze
     layers = None if choice.layer else LAYER_COUNTS.get(choice.spec.name)  # a cut backbone: counted when built
-    if isinstance(unfreeze, int) and layers is not None and unfreeze > layers:
+    if isinstance(unfreeze, int) and layers is not None and unfreeze > layers and tune.training.epochs:
         raise params.fail("fine_tune.unfreeze", unfreeze, f"{UNFREEZE_ALL}, a layer name, or a number of top layers "
                           f"up to {layers} ({choice.spec.name} has {layers})")
     read_evaluate(params)
