@@ -60,3 +60,27 @@ def test_a_npz_with_its_own_test_split_runs_through_dvc_repro_on_a_cut_vgg16(tmp
 
     head = run(["dvc", "exp", "run", "-S", "head.lr=0.003"], repo)
     assert "extract-features" not in stages_run(head) and "train-head" in stages_run(head)
+
+
+def test_the_study_queues_transfer_and_both_from_scratch_models_and_compares_them(tmp_path):
+    """bench/study.py --quick: the README's three queued experiments on generated 32x32 arrays, then the
+    comparison as `dvc exp show` and MLflow give it."""
+    import mlflow
+
+    from bench.study import STUDY, generated_npz, run_study
+
+    source = str(generated_npz(tmp_path / "shapes.npz", 300))
+    result = run_study(source, offline=True, quick=True, workdir=tmp_path)
+    assert result["queue_status"].count("Success") == 3 and "Failed" not in result["queue_status"]
+    accuracy = {name: row["test_accuracy"] for name, row in result["experiments"].items()}
+    assert set(accuracy) == set(STUDY)
+    assert accuracy["dense"] > 0.8 and accuracy["small-cnn"] > 0.8, accuracy  # chance: 0.33
+    assert accuracy["vgg16-block3"] > 0.6, accuracy  # random weights here: ImageNet's need a network
+    assert all(name in result["exp_show"] for name in STUDY)
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'repo' / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("transfer").experiment_id])
+    logged = {run.data.params["backbone"]: run.data.metrics["accuracy"] for run in runs}
+    assert logged == {"flatten": accuracy["dense"], "small_cnn": accuracy["small-cnn"],
+                      "vgg16": accuracy["vgg16-block3"]}
