@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -174,7 +175,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.print_commands:
         for command in queue_commands(args.source or CIFAR10_URL, args.offline, args.quick):
-            print(" ".join(command))
+            print(shlex.join(command))
         return
     with tempfile.TemporaryDirectory(prefix="study-") as folder:
         workdir = Path(folder)
