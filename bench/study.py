@@ -10,9 +10,10 @@ writes the record as JSON.
 
 ``--source``: the CIFAR-10 python archive (a path, or https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz),
 a .npz of arrays, or any other data.source. Without it: a generated data set of ``--images`` 32x32 images of
-three coloured shapes, as Keras lays out its array data sets (a shipped test split of a fifth). ``--offline``:
+three shapes, each of a random colour (only the outline tells the class), as Keras lays out its array data sets
+(a shipped test split of a fifth). ``--offline``:
 VGG16 with random weights instead of ImageNet's (this machine cannot download them). ``--quick``: a few
-hundred images and few epochs (what the test runs).
+hundred images of one colour per class, and few epochs (what the test runs).
 
 ``--print-commands``: the study as the commands to queue in your own workspace (the README shows them).
 """
@@ -94,12 +95,13 @@ def queue_commands(source: str, offline: bool = False, quick: bool = False) -> l
     return commands
 
 
-def generated_npz(path: Path, images: int, seed: int = 0) -> Path:
-    """``images`` 32x32 shapes in Keras' array layout, a fifth of them as the shipped test split."""
+def generated_npz(path: Path, images: int, seed: int = 0, any_colour: bool = False) -> Path:
+    """``images`` 32x32 shapes in Keras' array layout, a fifth of them as the shipped test split. Each class has
+    its own colour, or (``any_colour``) every shape a random one, which leaves only the outline to learn."""
     rng = np.random.default_rng(seed)
     kinds = list(SHAPES)
     labels = np.arange(images) % len(kinds)
-    x = np.stack([np.asarray(shape_image(kinds[label], 32, rng)) for label in labels])
+    x = np.stack([np.asarray(shape_image(kinds[label], 32, rng, any_colour)) for label in labels])
     test = images // 5
     np.savez_compressed(path, x_train=x[test:], y_train=labels[test:, None].astype(np.uint8), x_test=x[:test],
                         y_test=labels[:test, None].astype(np.uint8), classes=np.array(kinds))
@@ -179,10 +181,13 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="study-") as folder:
         workdir = Path(folder)
-        source = args.source or str(generated_npz(workdir / "shapes.npz", 300 if args.quick else args.images))
+        source = args.source or str(generated_npz(workdir / "shapes.npz", 300 if args.quick else args.images,
+                                                  any_colour=not args.quick))
         result = run_study(source, args.offline, args.quick, workdir)
     if args.source is None:
-        result["source"] = f"generated: {300 if args.quick else args.images} 32x32 shapes (.npz, test split shipped)"
+        result["source"] = (f"generated: {300 if args.quick else args.images} 32x32 shapes "
+                            f"({'one colour per class' if args.quick else 'of random colours'}; .npz, test split "
+                            "shipped)")
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'experiment':<14} {'test accuracy':>13} {'macro F1':>9}")
     for name, row in result["experiments"].items():

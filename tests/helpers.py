@@ -17,14 +17,18 @@ MOBILENETV2_035_WEIGHTS = ASSETS / "weights" / "mobilenet_v2_weights_tf_dim_orde
 SHAPES = {"circle": (220, 40, 40), "square": (40, 200, 60), "triangle": (50, 70, 230)}
 
 
-def shape_image(kind: str, size: int, rng: np.random.Generator) -> Image.Image:
-    """One image: a noisy background with a coloured shape at a random place and scale."""
+def shape_image(kind: str, size: int, rng: np.random.Generator, any_colour: bool = False) -> Image.Image:
+    """One image: a noisy background with a coloured shape at a random place and scale. Each kind has its own
+    colour, or (``any_colour``) a random one, which leaves only the outline to tell the kind."""
     background = rng.integers(90, 160, size=(size, size, 3), dtype=np.uint8)
     image = Image.fromarray(background)
     draw = ImageDraw.Draw(image)
     side = int(rng.integers(size // 3, size - 4))
     x, y = (int(v) for v in rng.integers(0, size - side, size=2))
-    colour = tuple(int(np.clip(c + rng.integers(-25, 25), 0, 255)) for c in SHAPES[kind])
+    if any_colour:
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+    else:
+        colour = tuple(int(np.clip(c + rng.integers(-25, 25), 0, 255)) for c in SHAPES[kind])
     box = (x, y, x + side, y + side)
     if kind == "circle":
         draw.ellipse(box, fill=colour)
