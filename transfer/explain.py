@@ -13,6 +13,7 @@ import numpy as np
 
 from transfer.backbones import MIRROR_LAYER
 from transfer.datasets import decode_upright, exif_orientation
+from transfer.errors import DataError
 from transfer.heads import HEAD_LAYER
 from transfer.models import backbone_of
 from transfer.reports import drawable
@@ -27,7 +28,8 @@ def _gradcam_parts(model):
     # The last global pooling: its input is the last feature map (ConvNeXt normalises after pooling).
     pooling = [layer for layer in backbone.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D)]
     if not pooling:
-        raise ValueError(f"backbone {backbone.name} has no global average pooling to explain")
+        raise DataError("evaluate.gradcam needs a backbone whose last feature map is average-pooled, and this "
+                        "model's flattens it (the from-scratch flatten and small_cnn do): set evaluate.gradcam: 0")
     to_maps = keras.Model(backbone.inputs, [pooling[-1].input, backbone.output])
     after = (HEAD_LAYER, MIRROR_LAYER)
     before = [layer for layer in model.layers[1:] if layer is not backbone and layer.name not in after]

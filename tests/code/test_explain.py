@@ -99,3 +99,16 @@ def test_a_mirror_averaging_classifier_is_explained_through_both_views():
     flipped, flipped_explained, _ = gradcam(model, image[:, ::-1].copy())
     assert flipped_explained == explained
     np.testing.assert_allclose(flipped, heatmap[:, ::-1], atol=1e-4)
+
+
+def test_a_backbone_that_flattens_its_maps_has_no_gradcam_and_says_so():
+    from transfer.backbones import build_feature_extractor, resolve
+    from transfer.errors import DataError
+    from transfer.heads import build_head
+    from transfer.models import assemble_classifier
+    from transfer.params import BackboneParams
+
+    extractor = build_feature_extractor(resolve(BackboneParams("small_cnn", "none", (32, 32))))
+    model = assemble_classifier(extractor, build_head(extractor.output_shape[-1], 2, (), 0.0, False))
+    with pytest.raises(DataError, match="evaluate.gradcam needs a backbone whose last feature map is average-pooled"):
+        gradcam(model, np.zeros((32, 32, 3), "float32"))
