@@ -267,7 +267,8 @@ def cut_at(backbone, layer: str, name: str):
     names = [item.name for item in backbone.layers if not isinstance(item, keras.layers.InputLayer)]
     if layer not in names:
         ends = [item for item in names if item.endswith(("_pool", "_add", "_out", "out_relu", "_activation"))]
-        examples = (ends if len(ends) >= 3 else names)[:: max(1, len(ends if len(ends) >= 3 else names) // 8)]
+        shown = ends if len(ends) >= 3 else names
+        examples = shown[:: max(1, len(shown) // 8)]
         raise ParamError(f"features.layer = {layer!r} is invalid: {name} has no layer of that name; expected null "
                          f"(its last layer) or one of its {len(names)} layers, such as {', '.join(examples)}")
     output = backbone.get_layer(layer).output
