@@ -63,7 +63,11 @@ def check_all(params: Params) -> None:
     if isinstance(unfreeze, int) and layers is not None and unfreeze > layers and tune.training.epochs:
         raise params.fail("fine_tune.unfreeze", unfreeze, f"{UNFREEZE_ALL}, a layer name, or a number of top layers "
                           f"up to {layers} ({choice.spec.name} has {layers})")
-    read_evaluate(params)
+    evaluate = read_evaluate(params)
+    if evaluate.gradcam and not choice.spec.pretrained:
+        # Grad-CAM explains the last feature map before its average pooling; these flatten theirs.
+        raise params.fail("evaluate.gradcam", evaluate.gradcam, f"0 with backbone {choice.spec.name}: it is trained "
+                          "from scratch and flattens its feature map, so there is no pooled map to explain")
     unknown = sorted(set(_leaves(params.tree)) - params.keys_read)
     if unknown:
         key = unknown[0]

@@ -196,6 +196,20 @@ def test_a_cached_trunk_refuses_augmentation_it_cannot_apply(params_tree):
     assert read_fine_tune(Params(params_tree)).trunk_cache
 
 
+def test_grad_cam_on_a_backbone_that_flattens_its_maps_is_refused_before_any_work(params_tree):
+    params_tree.update(backbone="small_cnn", weights="none", image_size=32)
+    params_tree["fine_tune"]["unfreeze"] = "all"
+    params_tree["evaluate"]["gradcam"] = 4
+    with pytest.raises(ParamError, match=r"evaluate.gradcam = 4 is invalid: expected 0 with backbone small_cnn: it is "
+                                         r"trained from scratch and flattens its feature map"):
+        check_all(Params(params_tree))
+    params_tree["evaluate"]["gradcam"] = 0
+    check_all(Params(params_tree))
+    params_tree.update(backbone="vgg16")  # pretrained, and its maps are pooled: explained as usual
+    params_tree["evaluate"]["gradcam"] = 4
+    check_all(Params(params_tree))
+
+
 def _numeric_and_boolean_keys(tree: dict) -> tuple[list[str], list[str]]:
     leaves = flatten(tree)
     numbers = [key for key, value in leaves.items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
