@@ -226,7 +226,7 @@ class DataParams:
         sha256: the archive's expected checksum, or None.
         labels_csv: None for one folder per class; else a CSV (inside the source, or in
             :data:`LABELS_FOLDER`) that labels a flat folder of images.
-        max_bytes: the most an archive may unpack to, or a download may weigh.
+        max_bytes: the most an archive may unpack to, a download may weigh, or a .npz's arrays may take.
     """
 
     source: str

@@ -331,7 +331,7 @@ def fetch(data: DataParams, target: Path) -> Fetched:
                     )
             if is_npz(archive):
                 _no_extras(data, "a .npz of arrays")
-                return _write(arrays_from_npz(archive), target, "arrays (.npz)")
+                return _write(arrays_from_npz(archive, data.max_bytes), target, "arrays (.npz)")
             extract(archive, scratch / "extracted", data.max_bytes)
             root = scratch / "extracted"
             cifar = cifar_layout(unwrap(root))

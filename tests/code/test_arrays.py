@@ -92,6 +92,18 @@ def test_a_broken_npz_and_a_labels_csv_that_does_not_apply(tmp_path):
         fetch(_data(tmp_path / "ok.npz", labels_csv="labels.csv"), tmp_path / "raw")
 
 
+def test_a_npz_that_unpacks_past_max_bytes_is_refused_before_it_is_loaded(tmp_path):
+    # 1.2 MB of zeros compress to a few kB: the file's size says nothing about what loading it allocates.
+    np.savez_compressed(tmp_path / "zeros.npz", x=np.zeros((300, 64, 64), np.uint8), y=np.arange(300) % 2)
+    assert (tmp_path / "zeros.npz").stat().st_size < 20_000
+    small = DataParams(source=str(tmp_path / "zeros.npz"), sha256=None, labels_csv=None, max_bytes=1_000_000)
+    with pytest.raises(DataError, match=r"zeros.npz unpacks to 12\d{5} bytes of arrays, over data.max_bytes = "
+                                        r"1000000; raise data.max_bytes to load it"):
+        fetch(small, tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+    assert fetch(_data(tmp_path / "zeros.npz"), tmp_path / "raw").classes == ["0", "1"]
+
+
 def _cifar_batch(x_hwc: np.ndarray, labels, key=b"labels") -> bytes:
     data = x_hwc.transpose(0, 3, 1, 2).reshape(len(x_hwc), -1)
     return pickle.dumps({b"batch_label": b"batch", key: list(labels), b"data": data, b"filenames": []}, protocol=2)
