@@ -159,8 +159,10 @@ def summarise(per_seed: dict[int, dict]) -> dict[str, object]:
         "linear_probe": summary([r["linear_probe"]["test_accuracy"] for r in runs]),
         "head": summary([r["default"]["head_test_accuracy"] for r in runs]),
         "fine_tuned": summary([r["default"]["fine_tuned_test_accuracy"] for r in runs]),
+        # Within half a photo: the head's figure is Keras' float32 mean, evaluate's a float64 count ratio.
         "fine_tuned_at_least_head_every_seed": all(
-            r["default"]["fine_tuned_test_accuracy"] >= r["default"]["head_test_accuracy"] for r in runs),
+            r["default"]["fine_tuned_test_accuracy"] >= r["default"]["head_test_accuracy"]
+            - 0.5 / r["default"]["test_images"] for r in runs),
     }
     levers = {}
     for lever in runs[0]["levers"]:
