@@ -27,18 +27,21 @@ def _images(count: int, seed: int = 0) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    ("name", "first", "cut"),
+    ("name", "layer", "first", "cut"),
     [
-        ("mobilenetv2_0.35", "Conv_1", "Conv_1"),  # after the last block: the cut stays where asked
+        ("mobilenetv2_0.35", None, "Conv_1", "Conv_1"),  # after the last block: the cut stays where asked
         # Inside a residual block: down to the block's first layer, so only its input crosses the cut.
-        ("mobilenetv2_0.35", "block_15_expand_BN", "block_15_expand"),
-        ("resnet50", "conv5_block3_2_conv", "conv5_block3_1_conv"),
-        ("efficientnetb0", "block7a_expand_conv", "block7a_expand_conv"),  # squeeze-and-excitation, dropout
-        ("vgg16", "block5_conv1", "block5_conv1"),
+        ("mobilenetv2_0.35", None, "block_15_expand_BN", "block_15_expand"),
+        ("resnet50", None, "conv5_block3_2_conv", "conv5_block3_1_conv"),
+        ("efficientnetb0", None, "block7a_expand_conv", "block7a_expand_conv"),  # squeeze-and-excitation, dropout
+        ("vgg16", None, "block5_conv1", "block5_conv1"),
+        # A backbone cut at a named layer (features.layer): the trunk splits what is left, pooled as a whole.
+        ("vgg16", "block3_pool", "block3_conv2", "block3_conv2"),
+        ("resnet50", "conv4_block6_out", "conv4_block6_2_conv", "conv4_block6_1_conv"),
     ],
 )
-def test_trunk_then_top_is_the_backbone(name, first, cut):
-    choice = resolve(BackboneParams(name, "none", SIZE))
+def test_trunk_then_top_is_the_backbone(name, layer, first, cut):
+    choice = resolve(BackboneParams(name, "none", SIZE, layer))
     single = build_views(choice, False)[0]
     backbone = backbone_of(single)
     split = split_backbone(backbone, first)
