@@ -202,13 +202,13 @@ def in_process_ratios(repo: Path, epochs: int, quick: bool) -> dict:
 
     # 1. Extraction against the bare forward pass (see extraction_pace), on every photo of the set.
     paths = [*train_paths, *test_paths, *read_split(SPLITS, "val", RAW, classes)[0]]
-    rounds = 3 if quick else 5
+    rounds = 2 if quick else 5
     pace = extraction_pace(extractor, choice.image_size, paths, rounds)
     forward_s = len(train_paths) / pace["forward_images_per_s"]  # one forward pass over the training images
     # The same measurement with a backbone 8x costlier per image (its speed does not depend on its weights,
     # so random ones do): how the ratio moves when decoding is a smaller share of the work.
     other = resolve(BackboneParams("efficientnetb0", "none", None))
-    heavy = extraction_pace(build_feature_extractor(other), other.image_size, train_paths[: 128 if quick else None],
+    heavy = extraction_pace(build_feature_extractor(other), other.image_size, train_paths[: 32 if quick else None],
                             rounds)
     pace.update({f"efficientnetb0_{key}": value for key, value in heavy.items()})
 

@@ -17,7 +17,8 @@ from tests.helpers import (
 from transfer.io import read_csv
 from transfer.params import read_params_file
 
-pytestmark = pytest.mark.slow
+# One worker runs this module under pytest-xdist: its module-scoped pipeline run is built once, not per worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_pipeline")]
 
 ALL_STAGES = ["download", "split", "extract-features", "train-head", "fine-tune", "evaluate"]
 EVALUATE_FILES = ["per_class.json", "classification_report.txt", "classification_report.json", "confusion.json",

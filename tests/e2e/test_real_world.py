@@ -14,7 +14,8 @@ import pytest
 
 from tests.helpers import add_dirty_files, make_pipeline_repo, make_shapes_dataset, pipeline_env, run, stages_run
 
-pytestmark = pytest.mark.slow
+# One worker runs this module under pytest-xdist: its module-scoped pipeline run is built once, not per worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_real_world")]
 
 PARAMS = {
     "backbone": "resnet50",

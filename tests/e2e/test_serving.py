@@ -15,7 +15,8 @@ from transfer.io import read_csv
 from transfer.models import save_model
 from transfer.predict import predict_to_csv
 
-pytestmark = pytest.mark.slow
+# One worker runs this module under pytest-xdist: its module-scoped pipeline run is built once, not per worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_serving")]
 
 CLASSES = ["circle", "square", "triangle"]
 
