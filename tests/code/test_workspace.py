@@ -22,3 +22,9 @@ def test_tests_read_the_committed_params_not_an_experiments_leftovers(tmp_path):
     )
     assert result.returncode == 0 and "2 passed" in result.stdout, result.stdout[-2000:]
     assert "seed: -1" in (clone / "params.yaml").read_text(), "the workspace's params.yaml is left as it was"
+
+
+def test_the_modules_kept_on_one_test_worker_exist():
+    from tests.conftest import ONE_WORKER_MODULES
+
+    assert all((REPO / module).is_file() for module in ONE_WORKER_MODULES), sorted(ONE_WORKER_MODULES)

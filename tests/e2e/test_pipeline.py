@@ -17,8 +17,9 @@ from tests.helpers import (
 from transfer.io import read_csv
 from transfer.params import read_params_file
 
-# One worker runs this module under pytest-xdist: its module-scoped pipeline run is built once, not per worker.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_pipeline")]
+# One pytest-xdist worker runs this whole module (tests/conftest.py, ONE_WORKER_MODULES): its module-scoped
+# pipeline run is built once, not once per worker.
+pytestmark = pytest.mark.slow
 
 ALL_STAGES = ["download", "split", "extract-features", "train-head", "fine-tune", "evaluate"]
 EVALUATE_FILES = ["per_class.json", "classification_report.txt", "classification_report.json", "confusion.json",
@@ -250,6 +251,7 @@ def _runs(repo):
 
 
 def test_each_execution_is_one_complete_mlflow_run_in_the_workspace_store(repo, first_run):
+    _back_to_baseline(repo)  # the first run's reports, whatever experiment this module's last test left
     client, runs = _runs(repo)
     first = runs[0]
     assert first.info.run_name == "workspace"
@@ -261,7 +263,6 @@ def test_each_execution_is_one_complete_mlflow_run_in_the_workspace_store(repo, 
         assert first.data.metrics[name] > 0, name
     assert "data_quality_label_issues" in first.data.metrics and "leaked_test_images" in first.data.metrics
     # The run lasts as long as the execution: the six stages' times, not the seconds evaluate took to log it.
-    _back_to_baseline(repo)
     timings = [json.loads(path.read_text()) for path in (repo / "reports/timings").glob("*.json")]
     assert len(timings) == 6 and len({timing["execution"] for timing in timings}) == 1, "one dvc repro ran all"
     total = sum(timing["seconds"] for timing in timings)

@@ -14,8 +14,9 @@ import pytest
 
 from tests.helpers import add_dirty_files, make_pipeline_repo, make_shapes_dataset, pipeline_env, run, stages_run
 
-# One worker runs this module under pytest-xdist: its module-scoped pipeline run is built once, not per worker.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_real_world")]
+# One pytest-xdist worker runs this whole module (tests/conftest.py, ONE_WORKER_MODULES): its module-scoped
+# pipeline run is built once, not once per worker.
+pytestmark = pytest.mark.slow
 
 PARAMS = {
     "backbone": "resnet50",

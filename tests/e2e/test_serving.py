@@ -15,8 +15,9 @@ from transfer.io import read_csv
 from transfer.models import save_model
 from transfer.predict import predict_to_csv
 
-# One worker runs this module under pytest-xdist: its module-scoped pipeline run is built once, not per worker.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_serving")]
+# One pytest-xdist worker runs this whole module (tests/conftest.py, ONE_WORKER_MODULES): its module-scoped
+# pipeline run is built once, not once per worker.
+pytestmark = pytest.mark.slow
 
 CLASSES = ["circle", "square", "triangle"]
 

@@ -10,10 +10,10 @@ import pytest
 
 from tests.helpers import FLOWERS_ARCHIVE, MOBILENETV2_035_WEIGHTS, REPO, make_pipeline_repo, run, stages_run
 
-# One worker runs this module under pytest-xdist: its module-scoped pipeline run is built once, not per worker.
+# One pytest-xdist worker runs this whole module (tests/conftest.py, ONE_WORKER_MODULES): its module-scoped
+# pipeline run is built once, not once per worker.
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.xdist_group("test_flowers"),
     pytest.mark.skipif(not FLOWERS_ARCHIVE.is_file() or not MOBILENETV2_035_WEIGHTS.is_file(),
                        reason="needs ../shared/assets (flowers archive and MobileNetV2 0.35 weights)"),
 ]
