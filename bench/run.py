@@ -306,7 +306,7 @@ def verdicts(values: dict[str, float]) -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer epochs and images: about 5 minutes on 2 cores")
+    parser.add_argument("--quick", action="store_true", help="fewer epochs and images: about 4 minutes on 2 cores")
     parser.add_argument("--generated", action="store_true", help="generated images even if shared assets exist")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json", help="where to write")
     args = parser.parse_args(argv)
