@@ -108,7 +108,7 @@ def _label_indices(y: np.ndarray, what: str, classes: list[str] | None) -> tuple
     return y.astype(np.int64), classes
 
 
-def arrays_from_npz(path: Path, max_bytes: int | None = None) -> ArraySet:
+def arrays_from_npz(path: Path, max_bytes: int) -> ArraySet:
     """A ``.npz`` with arrays ``x`` and ``y`` (and optionally ``classes``), or Keras' own ``x_train``,
     ``y_train``, ``x_test``, ``y_test``. Never unpickles: object arrays are refused.
 
@@ -119,16 +119,12 @@ def arrays_from_npz(path: Path, max_bytes: int | None = None) -> ArraySet:
     """
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path} is not a readable .npz file: not a zip archive of arrays (np.savez writes one)")
-    if max_bytes is not None:
-        try:
-            with zipfile.ZipFile(path) as bundle:
-                unpacked = sum(member.file_size for member in bundle.infolist())
-        except (OSError, zipfile.BadZipFile) as error:
-            raise DataError(f"{path} is not a readable .npz file: {error or type(error).__name__}") from None
+    try:
+        with zipfile.ZipFile(path) as members:
+            unpacked = sum(member.file_size for member in members.infolist())
         if unpacked > max_bytes:
             raise DataError(f"{path} unpacks to {unpacked} bytes of arrays, over data.max_bytes = {max_bytes}; "
                             "raise data.max_bytes to load it")
-    try:
         with np.load(path, allow_pickle=False) as bundle:
             arrays = {key: bundle[key] for key in bundle.files}
     except ValueError as error:
