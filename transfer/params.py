@@ -300,7 +300,8 @@ class TrainingParams:
         lr: the learning rate; with ``schedule: cosine``, its peak.
         epochs: the most epochs to train (early stopping may end sooner).
         batch_size: examples per step.
-        patience: epochs in a row without a better validation loss before training stops.
+        patience: trained epochs in a row without a better validation loss than the best trained epoch
+            before training stops (a better epoch 0 decides what is kept, not when to stop).
         label_smoothing: the cross-entropy's label smoothing.
         class_weight: ``balanced`` or ``none``.
         optimizer: ``adam``, ``adamw`` or ``sgd``.

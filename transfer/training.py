@@ -198,9 +198,13 @@ class KeepBest:
     """Early stopping on a loss (lower is better) that restores the best weights, the starting ones included.
 
     Keras' ``EarlyStopping`` only knows the epochs it saw, so a fine-tune whose every epoch is worse than the
-    head it started from would keep its least bad epoch; this keeps the starting weights then. Same counting
-    as Keras: stop after ``patience`` epochs in a row without a strict improvement. :func:`fit` runs it as a
-    Keras callback (:meth:`callback`), :func:`fit_across_hosts` calls it from its own loop.
+    head it started from would keep its least bad epoch; this keeps the starting weights then. Patience counts
+    as Keras does, over the trained epochs only: stop after ``patience`` epochs in a row without a strict
+    improvement on the best trained epoch. A good start decides what is kept, never when training stops, so
+    training that is still improving goes on even while it is behind epoch 0 (a model trained from scratch
+    behind the head on its random features; a fine-tune recovering from its first steps).
+    :func:`fit` runs it as a Keras callback (:meth:`callback`), :func:`fit_across_hosts` calls it from its own
+    loop.
 
     Args:
         model: the model being trained.
@@ -210,14 +214,17 @@ class KeepBest:
 
     def __init__(self, model, patience: int, start: float | None = None):
         self.model, self.patience = model, patience
-        self.best = np.inf if start is None else start
+        self.best = np.inf if start is None else start  # the loss of the weights kept so far, epoch 0 included
         self.best_weights = None if start is None else model.get_weights()
+        self.best_trained = np.inf  # the lowest loss of a trained epoch: what patience counts against
         self.wait = 0
 
     def update(self, current: float) -> bool:
         """Record one epoch's loss; True when training should stop."""
         if current < self.best:
-            self.best, self.best_weights, self.wait = current, self.model.get_weights(), 0
+            self.best, self.best_weights = current, self.model.get_weights()
+        if current < self.best_trained:
+            self.best_trained, self.wait = current, 0
             return False
         self.wait += 1
         return self.wait >= self.patience

@@ -6,6 +6,7 @@ import pytest
 from transfer.heads import build_head
 from transfer.params import TrainingParams
 from transfer.training import (
+    KeepBest,
     best_epoch,
     class_weights,
     compile_for_training,
@@ -94,6 +95,40 @@ def test_epoch_zero_is_kept_when_no_epoch_beats_it():
         np.testing.assert_array_equal(old, new, err_msg="the starting weights were not kept")
     assert best_epoch([{"epoch": 0, "loss": None, "accuracy": None, "val_loss": 0.0, "val_accuracy": 1.0},
                        *rows]) == 0
+
+
+class _Weights:
+    """Stands in for a model: its weights are the number of the epoch that set them (0 before training)."""
+
+    def __init__(self):
+        self.epoch = 0
+
+    def get_weights(self):
+        return [self.epoch]
+
+    def set_weights(self, weights):
+        self.epoch = weights[0]
+
+
+def test_patience_counts_the_trained_epochs_and_a_better_start_is_still_kept():
+    """A start no epoch beats decides what is kept, not when to stop: training that still improves goes on."""
+    model = _Weights()
+    rule = KeepBest(model, patience=2, start=0.5)
+    stops = []
+    for epoch, loss in enumerate([1.0, 0.9, 0.8, 0.7, 0.75, 0.72], start=1):
+        model.epoch = epoch
+        stops.append(rule.update(loss))
+    assert stops == [False, False, False, False, False, True], "two epochs without beating 0.7, the trained best"
+    rule.restore()
+    assert model.epoch == 0, "no epoch beat the start: its weights are restored"
+
+    model = _Weights()
+    rule = KeepBest(model, patience=2, start=0.5)
+    for epoch, loss in enumerate([0.9, 0.6, 0.4, 0.45], start=1):
+        model.epoch = epoch
+        assert not rule.update(loss)
+    rule.restore()
+    assert model.epoch == 3 and rule.best == 0.4
 
 
 def _three_clusters():
