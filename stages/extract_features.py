@@ -56,6 +56,9 @@ def report_data_quality(checks: QualityParams, seed: int) -> float:
     log.info("data quality: %d suspected label error(s), %d near-duplicate pair(s) across splits (%d test image(s) "
              "leaked), %d outlier(s), in %.1f s (see %s)", metrics["label_issues"], metrics["near_duplicate_pairs"],
              metrics["leaked_test_images"], metrics["outliers"], seconds, DATA_QUALITY_REPORTS)
+    warning = quality.implausible_duplicates(images, report, checks.duplicate_similarity)
+    if warning:
+        log.warning("WARNING: data quality: %s", warning)
     return round(seconds, 2)
 
 

@@ -16,6 +16,10 @@ and no backbone pass:
 - **Near-duplicates across splits**: pairs of images from different splits whose features' cosine similarity
   reaches a threshold (resized or re-encoded copies, which the byte digests of the split stage cannot tell
   apart). A pair with a test (or val) image is a leak: the model was trained on a copy of what it is scored on.
+  All of them are counted; each image's ``PAIRS_PER_IMAGE`` most similar are listed, so the list grows with
+  the number of images, not with its square (features that make most photos look alike, such as a random
+  backbone's, would otherwise list a large share of all N^2 / 2 pairs), and every image with a near-duplicate
+  is in it.
 - **Outliers**: images far from every class. An image's closeness to a class is its mean cosine similarity to
   its ``NEIGHBOURS`` nearest images of that class (itself left out); its outlier score is one minus its
   closeness to the nearest class. Scores far above the typical (beyond the upper quartile by ``OUTLIER_IQRS``
@@ -52,6 +56,10 @@ log = logging.getLogger(__name__)
 NEIGHBOURS = 5  # nearest images of a class that measure an image's closeness to it
 OUTLIER_IQRS = 1.5  # flagged: an outlier score above the upper quartile by this many interquartile ranges (Tukey)
 BLOCK = 1024  # rows of the similarity matrix computed at a time
+PAIRS_PER_IMAGE = 5  # near-duplicates listed for each image: its most similar ones in other splits
+# Over this share of images with a near-duplicate in another split, the threshold is not telling copies from
+# different photos with these features: the report says so.
+IMPLAUSIBLE_LEAK_SHARE = 0.5
 PROBE_C = 10.0  # inverse regularisation strength of the out-of-fold logistic regression (unit-length rows)
 
 
@@ -162,18 +170,22 @@ def unit_rows(features: np.ndarray) -> np.ndarray:
     return features / np.maximum(norms, 1e-12)
 
 
-def neighbourhoods(images: Images, threshold: float) -> tuple[list[tuple[int, int, float]], np.ndarray]:
+def neighbourhoods(images: Images, threshold: float) -> tuple[list[tuple[int, int, float]], np.ndarray, int]:
     """Near-duplicate pairs across splits, and every image's outlier score, in one blocked pass.
 
     Returns:
-        ([(i, j, similarity)] with i < j, from different splits, similarity >= threshold, most similar first),
-        [N] outlier scores (1 - the mean similarity to the NEIGHBOURS nearest images of the closest class).
+        ([(i, j, similarity)] with i < j, from different splits, similarity >= threshold, most similar first:
+        each image's ``PAIRS_PER_IMAGE`` most similar such pairs, so every image that has one is listed),
+        [N] outlier scores (1 - the mean similarity to the NEIGHBOURS nearest images of the closest class),
+        the number of all such pairs, listed or not.
     """
     unit = unit_rows(images.features)
     count = len(unit)
     members = [np.flatnonzero(images.labels == c) for c in range(len(images.classes))]
     scores = np.zeros(count)
-    pairs: list[tuple[int, int, float]] = []
+    listed: dict[tuple[int, int], float] = {}
+    total = 0
+    columns = np.arange(count)
     for start in range(0, count, BLOCK):
         rows = np.arange(start, min(start + BLOCK, count))
         similarity = unit[rows] @ unit.T
@@ -191,13 +203,24 @@ def neighbourhoods(images: Images, threshold: float) -> tuple[list[tuple[int, in
                 mean = np.nanmean(nearest, axis=1) if np.isnan(nearest).any() else nearest.mean(axis=1)
             closest = np.fmax(closest, mean)
         scores[rows] = 1.0 - closest
-        i, j = np.nonzero(similarity >= threshold)
-        i = rows[i]
-        keep = (i < j) & (images.splits[i] != images.splits[j])
-        pairs += [(int(a), int(b), float(s)) for a, b, s in
-                  zip(i[keep], j[keep], similarity[i[keep] - start, j[keep]], strict=True)]
+        near = (similarity >= threshold) & (images.splits[rows][:, None] != images.splits[None, :])
+        total += int(np.count_nonzero(near & (columns[None, :] > rows[:, None])))
+        found = np.flatnonzero(near.any(axis=1))
+        if not len(found):
+            continue
+        candidates = np.where(near[found], similarity[found], -np.inf)
+        k = min(PAIRS_PER_IMAGE, count)
+        for position, best in zip(found, np.argpartition(-candidates, k - 1, axis=1)[:, :k], strict=True):
+            i = int(rows[position])
+            for j in best.tolist():
+                value = float(similarity[position, j])
+                if value >= threshold and near[position, j]:
+                    # One value per pair, whichever image lists it: the one computed from the earlier image's row.
+                    if (min(i, j), max(i, j)) not in listed or i < j:
+                        listed[(min(i, j), max(i, j))] = value
+    pairs = [(a, b, value) for (a, b), value in listed.items()]
     pairs.sort(key=lambda pair: (-pair[2], pair[0], pair[1]))
-    return pairs, scores
+    return pairs, scores, total
 
 
 def flagged_outliers(scores: np.ndarray) -> np.ndarray:
@@ -215,7 +238,8 @@ class QualityReport:
     probabilities: np.ndarray
     ranking: np.ndarray  # every image whose best guess is another class, lowest self-confidence first
     estimated_errors: int  # confident learning's estimate of the wrong labels
-    pairs: list[tuple[int, int, float]]
+    pairs: list[tuple[int, int, float]]  # listed: each image's PAIRS_PER_IMAGE most similar across splits
+    pair_count: int  # every pair across splits at or above the threshold
     scores: np.ndarray
     outliers: np.ndarray
 
@@ -227,10 +251,10 @@ class QualityReport:
 
 def assess(images: Images, folds: int, threshold: float, seed: int) -> QualityReport:
     probabilities = out_of_fold_probabilities(images.features, images.labels, len(images.classes), folds, seed)
-    pairs, scores = neighbourhoods(images, threshold)
+    pairs, scores, pair_count = neighbourhoods(images, threshold)
     return QualityReport(probabilities=probabilities, ranking=label_issue_ranking(images.labels, probabilities),
                          estimated_errors=estimated_label_errors(images.labels, probabilities),
-                         pairs=pairs, scores=scores, outliers=flagged_outliers(scores))
+                         pairs=pairs, pair_count=pair_count, scores=scores, outliers=flagged_outliers(scores))
 
 
 def leaked(images: Images, pairs: list[tuple[int, int, float]], split: str = "test") -> np.ndarray:
@@ -246,6 +270,19 @@ def leaked_test_files(near_duplicates: Path) -> set[str]:
         return set()
     return {from_spreadsheet_safe(row[f"file_{side}"]) for row in read_csv(near_duplicates) for side in "ab"
             if row[f"split_{side}"] == "test"}
+
+
+def implausible_duplicates(images: Images, report: QualityReport, threshold: float) -> str | None:
+    """A warning when more than ``IMPLAUSIBLE_LEAK_SHARE`` of the images have a near-duplicate in another split:
+    with these features the threshold does not tell copies from different photos; else None."""
+    paired = {index for pair in report.pairs for index in pair[:2]}
+    if len(paired) <= IMPLAUSIBLE_LEAK_SHARE * len(images.files):
+        return None
+    return (f"{len(paired)} of {len(images.files)} images have a near-duplicate in another split at "
+            f"quality.duplicate_similarity = {threshold}: with these features it does not tell copies from different "
+            "photos (a backbone with random weights, or another backbone than the one it was chosen for). Look at "
+            f"the lowest rows of {NEAR_DUPLICATES} and raise it; until then the leak counts and "
+            "accuracy_without_leaked mean little")
 
 
 def label_issue_rows(images: Images, report: QualityReport) -> list[list[Any]]:
@@ -306,7 +343,8 @@ def summary(images: Images, report: QualityReport, folds: int, threshold: float)
         "label_issues_val": per_split["val"],
         "label_issues_test": per_split["test"],
         "duplicate_similarity": threshold,
-        "near_duplicate_pairs": len(report.pairs),
+        "near_duplicate_pairs": report.pair_count,
+        "near_duplicate_pairs_listed": len(report.pairs),
         "leaked_test_images": int(len(leaked(images, report.pairs, "test"))),
         "leaked_val_images": int(len(leaked(images, report.pairs, "val"))),
         "outliers": len(report.outliers),

@@ -76,8 +76,8 @@ def test_a_resized_copy_across_splits_is_a_leak_and_copies_within_a_split_are_no
     test_row = 10  # test (10 % 5 == 0)
     images.features[12] = features[test_row] * 1.02 + 0.01  # train: a re-encoded copy, nearly the same features
     images.features[13] = features[12]  # train: an exact copy of that, in the same split
-    pairs, scores = quality.neighbourhoods(images, threshold=0.98)
-    assert {(a, b) for a, b, _ in pairs} == {(test_row, 12), (test_row, 13)}
+    pairs, scores, total = quality.neighbourhoods(images, threshold=0.98)
+    assert {(a, b) for a, b, _ in pairs} == {(test_row, 12), (test_row, 13)} and total == 2
     assert all(similarity >= 0.98 for *_, similarity in pairs)
     assert quality.leaked(images, pairs, "test").tolist() == [test_row]
     rows = quality.duplicate_rows(images, pairs)
@@ -91,7 +91,7 @@ def test_an_image_far_from_every_class_is_the_first_outlier():
     features, labels = _clusters()
     features[7] = np.full(features.shape[1], 40.0) * np.sign(np.arange(features.shape[1]) % 2 - 0.5)
     images = _images(features, labels)
-    _, scores = quality.neighbourhoods(images, threshold=0.99)
+    _, scores, _ = quality.neighbourhoods(images, threshold=0.99)
     flagged = quality.flagged_outliers(scores)
     assert flagged[0] == 7
     assert len(flagged) < len(labels) // 10
@@ -105,6 +105,36 @@ def test_the_blocked_pass_matches_the_whole_matrix(monkeypatch):
     blocked = quality.neighbourhoods(images, threshold=0.9)
     assert whole[0] == blocked[0]
     assert np.allclose(whole[1], blocked[1])
+
+
+def test_features_that_make_every_photo_alike_list_a_few_pairs_per_image_and_say_so(monkeypatch):
+    """Random-weights features: most pairs pass the threshold. All are counted; each image's closest few are
+    listed (every image among them), not a share of the N^2 / 2 pairs; the report warns about the threshold."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(len(CLASSES)), 50)
+    features = (1.0 + 0.05 * rng.normal(size=(len(labels), 16))).astype(np.float32)  # all nearly parallel
+    images = _images(features, labels)
+    pairs, _, total = quality.neighbourhoods(images, threshold=0.9)
+    cross = sum(images.splits[a] != images.splits[b] for a in range(len(labels)) for b in range(a + 1, len(labels)))
+    assert total == cross, "every pair across splits is counted"
+    assert len(pairs) <= quality.PAIRS_PER_IMAGE * len(labels) < total
+    assert {index for pair in pairs for index in pair[:2]} == set(range(len(labels))), "every image is listed"
+    for image in (0, 1, 2):  # each image's listed partners are its most similar ones in other splits
+        unit = quality.unit_rows(images.features)
+        others = [j for j in range(len(labels)) if images.splits[j] != images.splits[image]]
+        expected = sorted(others, key=lambda j: -float(unit[image] @ unit[j]))[: quality.PAIRS_PER_IMAGE]
+        listed = {b if a == image else a for a, b, _ in pairs if image in (a, b)}
+        assert set(expected) <= listed
+    monkeypatch.setattr(quality, "BLOCK", 7)
+    assert quality.neighbourhoods(images, threshold=0.9)[0] == pairs, "the same list, block by block"
+
+    report = quality.assess(images, folds=3, threshold=0.9, seed=0)
+    assert quality.summary(images, report, 3, 0.9)["near_duplicate_pairs"] == total
+    warning = quality.implausible_duplicates(images, report, 0.9)
+    assert warning.startswith("200 of 200 images have a near-duplicate in another split at "
+                              "quality.duplicate_similarity = 0.9"), warning
+    clean = _images(*_clusters())
+    assert quality.implausible_duplicates(clean, quality.assess(clean, 3, 0.98, 0), 0.98) is None
 
 
 def test_accuracy_without_the_leaked_images():
@@ -158,7 +188,7 @@ def test_names_that_would_run_as_formulas_are_written_as_text_and_read_back(tmp_
     images = _images(features, labels)
     images.files[0] = "=cmd.png"
     images.features[2] = features[0]  # a train copy of the test image =cmd.png
-    pairs, _ = quality.neighbourhoods(images, threshold=0.999)
+    pairs, _, _ = quality.neighbourhoods(images, threshold=0.999)
     rows = quality.duplicate_rows(images, pairs)
     assert rows[0][0] == "'=cmd.png"
     write_csv(tmp_path / "pairs.csv", quality.DUPLICATE_COLUMNS, rows)
