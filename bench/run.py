@@ -31,6 +31,7 @@ from tests.helpers import (  # noqa: E402 (the repository root goes on the path 
     make_shapes_dataset,
     run,
 )
+from transfer.stage import quiet_native_logs  # noqa: E402
 
 # name: (comparison, target); None: reported only.
 TARGETS = {
@@ -310,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generated", action="store_true", help="generated images even if shared assets exist")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json", help="where to write")
     args = parser.parse_args(argv)
+    # The in-process part imports TensorFlow here: the same filter as the stages', so its start-up chatter (and
+    # tf.data's harmless NodeDef line) does not read as an error in the bench's output.
+    quiet_native_logs()
     epochs = 3 if args.quick else 6
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         work = Path(scratch)

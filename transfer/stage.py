@@ -21,11 +21,14 @@ _started: float | None = None  # time.time() when the running stage's run_stage 
 
 # TensorFlow's native start-up chatter, which TF_CPP_MIN_LOG_LEVEL no longer silences (its messages come before
 # absl's logging is initialised): info and warning lines, the line announcing them, the CPU-instructions note,
-# and the failed CUDA probe of every machine without a GPU. Real errors (other E lines) still pass.
+# the failed CUDA probe of every machine without a GPU, and tf.data's note that a graph names an attribute its op
+# does not know (use_unbounded_threadpool: written by this TensorFlow itself, harmless). Real errors (other E lines)
+# still pass.
 NATIVE_NOISE = re.compile(
     rb"^(?:[IW]\d{4} \d\d:\d\d:\d\d"
     rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
     rb"|E\d{4} .*failed call to cuInit"
+    rb"|E\d{4} .*NodeDef mentions attribute use_unbounded_threadpool"
     rb"|To enable the following instructions: .*rebuild TensorFlow)"
 )
 _HELD_BACK = b"IWET"  # a line starting with one of these may be noise: held until it is whole
