@@ -212,12 +212,11 @@ def neighbourhoods(images: Images, threshold: float) -> tuple[list[tuple[int, in
         k = min(PAIRS_PER_IMAGE, count)
         for position, best in zip(found, np.argpartition(-candidates, k - 1, axis=1)[:, :k], strict=True):
             i = int(rows[position])
-            for j in best.tolist():
-                value = float(similarity[position, j])
-                if value >= threshold and near[position, j]:
-                    # One value per pair, whichever image lists it: the one computed from the earlier image's row.
-                    if (min(i, j), max(i, j)) not in listed or i < j:
-                        listed[(min(i, j), max(i, j))] = value
+            for j in best.tolist():  # fewer than k near ones: the rest are -inf, not near
+                pair = (min(i, j), max(i, j))
+                # One value per pair, whichever image lists it: the one computed from the earlier image's row.
+                if near[position, j] and (pair not in listed or i < j):
+                    listed[pair] = float(similarity[position, j])
     pairs = [(a, b, value) for (a, b), value in listed.items()]
     pairs.sort(key=lambda pair: (-pair[2], pair[0], pair[1]))
     return pairs, scores, total
