@@ -46,6 +46,7 @@ from transfer.reports import plot_history
 from transfer.stage import run_stage
 from transfer.training import (
     best_epoch,
+    blend_weights,
     class_weights,
     compile_with,
     fit,
@@ -139,6 +140,7 @@ def main() -> None:
 
     validation = labelled("val") if len(splits["val"][1]) else None
     rows = []
+    blended, applied_blend = None, None
     if cache is not None:
         shape = tuple(cache.split.trunk.output.shape[1:])
         size = check_cache_size(len(train_labels) + len(splits["val"][1]), shape,
@@ -171,11 +173,21 @@ def main() -> None:
                  "head, %s at lr %g (%s schedule), up to %d epochs", len(unfrozen), unfrozen[0] if unfrozen else "-",
                  tune.training.optimizer, tune.training.lr, tune.training.schedule, tune.training.epochs)
         weights = class_weights(train_labels, len(classes), tune.training.class_weight)
+        start_weights = [np.array(variable.numpy()) for variable in model.trainable_variables]
         rows += fit(trained, train, validation, tune.training, weights, strategy=setup.strategy,
                     start=rows[0]["val_loss"] if rows else None, scorer=scorer)
         kept = best_epoch(rows)
         log.info("fine-tune: kept epoch %d of %d%s", kept, len(rows) - (1 if validation is not None else 0),
                  " (the head as it came: no epoch lowered the validation loss)" if kept == 0 else "")
+        applied_blend = tune.blend if kept != 0 else None
+        if tune.blend < 1 and kept != 0:
+            with setup.scope():
+                blend_weights(model.trainable_variables, start_weights, tune.blend)
+            if validation is not None:
+                blended = score(scorer or model, validation, tune.training.batch_size, setup.strategy)
+            log.info("fine-tune: saving the weights %g of the way from the head's start to epoch %d's "
+                     "(fine_tune.blend)%s", tune.blend, kept, "" if validation is None else
+                     f": val_loss {blended['loss']:.4f}, val_accuracy {blended['accuracy']:.4f}")
 
     else:
         log.info("fine-tune: epochs 0: the head assembled on the backbone, untrained and unscored (it is the head "
@@ -184,12 +196,17 @@ def main() -> None:
     save_model(model, MODEL, classes)
     write_history(FINE_TUNE_REPORTS / HISTORY, rows)
     plot_history(rows, FINE_TUNE_REPORTS / CURVES, f"Fine-tuning {choice.spec.name}")
-    # The weights kept are those of the best row, whose validation scores are the model's as saved.
+    # The weights kept are those of the best row, whose validation scores are the model's as saved, unless
+    # fine_tune.blend moved them back toward the start and they were scored again.
     kept = next((row for row in rows if row["epoch"] == best_epoch(rows)), {}) if validation is not None else {}
+    if blended is not None:
+        kept = {"val_accuracy": blended["accuracy"], "val_loss": blended["loss"]}
     write_json(FINE_TUNE_REPORTS / STAGE_METRICS, {
         "val_accuracy": kept.get("val_accuracy"),
         "val_loss": kept.get("val_loss"),
         "best_epoch": best_epoch(rows),
+        # How far the saved weights lie from the head's start toward the kept epoch's (none: the start kept).
+        "blend": applied_blend,
         "epochs_run": sum(1 for row in rows if row["epoch"] > 0),
         "trainable_backbone_layers": len(unfrozen) if tune.training.epochs else 0,
     })

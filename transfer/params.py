@@ -371,12 +371,14 @@ class FineTuneParams:
         training: the optimiser, schedule, epochs and early stopping.
         trunk_cache: run the frozen layers once on every image and its mirror and train the top from that
             cache (:mod:`transfer.trunk`); random changes other than the flip are then refused.
+        blend: how far the saved weights go from the head's start toward the kept epoch's (1: all the way).
     """
 
     unfreeze: int | str
     augment: AugmentParams
     training: TrainingParams
     trunk_cache: bool = False
+    blend: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -509,7 +511,8 @@ def read_fine_tune(params: Params) -> FineTuneParams:
                 "fine_tune.trunk_cache to false"
             )
     return FineTuneParams(unfreeze=unfreeze, augment=augment, trunk_cache=trunk_cache,
-                          training=read_training(params, "fine_tune", min_epochs=0))
+                          training=read_training(params, "fine_tune", min_epochs=0),
+                          blend=params.number("fine_tune.blend", 0.0, 1.0))
 
 
 def read_evaluate(params: Params) -> EvaluateParams:

@@ -374,6 +374,23 @@ def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
     write_csv(path, HISTORY_COLUMNS, ([row[column] for column in HISTORY_COLUMNS] for row in rows))
 
 
+def blend_weights(variables, start: list[np.ndarray], blend: float) -> None:
+    """Move trained variables back toward where they started: each becomes ``start + blend * (now - start)``.
+
+    ``blend`` 1 keeps the trained values, 0 restores the start; between, a point on the straight line between two
+    models that share one starting point (weight-space interpolation). Arrays that did not change, and those
+    that are not floating point, are left as they are.
+    """
+    if len(variables) != len(start):
+        raise ValueError(f"{len(variables)} variables against {len(start)} starting values")
+    for variable, before in zip(variables, start):
+        now = np.asarray(variable.numpy())
+        if now.shape != before.shape:
+            raise ValueError(f"{variable.path}: shape {now.shape} against the start's {before.shape}")
+        if np.issubdtype(now.dtype, np.floating) and not np.array_equal(now, before):
+            variable.assign((before + blend * (now - before)).astype(now.dtype))
+
+
 def best_epoch(rows: list[dict[str, Any]]) -> int:
     """The epoch whose weights early stopping kept: 0 for the starting weights (or when no epoch ran).
 

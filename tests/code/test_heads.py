@@ -8,6 +8,7 @@ from transfer.params import TrainingParams
 from transfer.training import (
     KeepBest,
     best_epoch,
+    blend_weights,
     class_weights,
     compile_for_training,
     compile_with,
@@ -218,3 +219,26 @@ def test_the_head_search_tries_the_params_first_then_seeded_draws_around_them():
     assert setting_row(replace(base, hidden=(256, 128))) == {
         "lr": 1e-3, "dropout": 0.5, "hidden": "256 128", "label_smoothing": 0.0, "weight_decay": 0.0,
         "optimizer": "adam"}
+
+
+def test_blending_puts_each_trained_weight_on_the_line_from_its_start():
+    set_determinism(0)
+    head = build_head(4, 3, [5], 0.0, True)  # BatchNormalization: statistics that do not train
+    start = [np.array(variable.numpy()) for variable in head.trainable_variables]
+    frozen_before = [np.array(variable.numpy()) for variable in head.non_trainable_variables]
+    compile_for_training(head, 0.1, 0.0)
+    rng = np.random.default_rng(0)
+    head.fit(rng.normal(size=(32, 4)).astype("float32"), np.eye(3, dtype="float32")[rng.integers(0, 3, 32)],
+             epochs=2, verbose=0)
+    trained = [np.array(variable.numpy()) for variable in head.trainable_variables]
+    assert all(not np.allclose(a, b) for a, b in zip(start, trained)), "every trainable array moved"
+    frozen_after = [np.array(variable.numpy()) for variable in head.non_trainable_variables]
+    blend_weights(head.trainable_variables, start, 0.25)
+    for variable, before, after in zip(head.trainable_variables, start, trained, strict=True):
+        np.testing.assert_allclose(variable.numpy(), before + 0.25 * (after - before), rtol=1e-6, atol=1e-7)
+    assert all(np.array_equal(a, b.numpy()) for a, b in zip(frozen_after, head.non_trainable_variables))
+    assert not all(np.array_equal(a, b) for a, b in zip(frozen_before, frozen_after)), "fit moved the statistics"
+    blend_weights(head.trainable_variables, start, 0.0)
+    assert all(np.allclose(variable.numpy(), before) for variable, before in zip(head.trainable_variables, start))
+    with pytest.raises(ValueError, match="3 variables against"):
+        blend_weights(head.trainable_variables[:3], start, 0.5)

@@ -74,6 +74,7 @@ def test_the_repository_params_parse(params_tree):
         ("head.batchnorm", "yes", "true or false"),
         ("head.label_smoothing", 1, "a number in [0.0, 1.0)"),
         ("fine_tune.epochs", -1, "an integer >= 0"),
+        ("fine_tune.blend", 1.5, "a number in [0.0, 1.0]"),
         ("fine_tune.unfreeze", -3, "a number of top layers >= 0, or a layer name"),
         ("fine_tune.unfreeze", 238, "a number of top layers up to 237 (efficientnetb0 has 237)"),
         ("fine_tune.lr", float("nan"), "a positive number"),
