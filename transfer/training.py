@@ -383,7 +383,7 @@ def blend_weights(variables, start: list[np.ndarray], blend: float) -> None:
     """
     if len(variables) != len(start):
         raise ValueError(f"{len(variables)} variables against {len(start)} starting values")
-    for variable, before in zip(variables, start):
+    for variable, before in zip(variables, start, strict=True):
         now = np.asarray(variable.numpy())
         if now.shape != before.shape:
             raise ValueError(f"{variable.path}: shape {now.shape} against the start's {before.shape}")

@@ -231,14 +231,16 @@ def test_blending_puts_each_trained_weight_on_the_line_from_its_start():
     head.fit(rng.normal(size=(32, 4)).astype("float32"), np.eye(3, dtype="float32")[rng.integers(0, 3, 32)],
              epochs=2, verbose=0)
     trained = [np.array(variable.numpy()) for variable in head.trainable_variables]
-    assert all(not np.allclose(a, b) for a, b in zip(start, trained)), "every trainable array moved"
+    assert all(not np.allclose(a, b) for a, b in zip(start, trained, strict=True)), "every trainable array moved"
     frozen_after = [np.array(variable.numpy()) for variable in head.non_trainable_variables]
     blend_weights(head.trainable_variables, start, 0.25)
     for variable, before, after in zip(head.trainable_variables, start, trained, strict=True):
         np.testing.assert_allclose(variable.numpy(), before + 0.25 * (after - before), rtol=1e-6, atol=1e-7)
-    assert all(np.array_equal(a, b.numpy()) for a, b in zip(frozen_after, head.non_trainable_variables))
-    assert not all(np.array_equal(a, b) for a, b in zip(frozen_before, frozen_after)), "fit moved the statistics"
+    statistics = head.non_trainable_variables
+    assert all(np.array_equal(a, b.numpy()) for a, b in zip(frozen_after, statistics, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(frozen_before, frozen_after, strict=True)), "fit moved them"
     blend_weights(head.trainable_variables, start, 0.0)
-    assert all(np.allclose(variable.numpy(), before) for variable, before in zip(head.trainable_variables, start))
+    restored = zip(head.trainable_variables, start, strict=True)
+    assert all(np.allclose(variable.numpy(), before) for variable, before in restored)
     with pytest.raises(ValueError, match="3 variables against"):
         blend_weights(head.trainable_variables[:3], start, 0.5)
