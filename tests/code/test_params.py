@@ -262,7 +262,7 @@ def test_params_rewritten_by_dvc_set_param_read_as_dvc_reads_them(default_params
     for section, fields in sections.items():
         reads.update({f"{section}.{name}": value for name, value in fields.items()})
     reads.update({"head.dropout": head.dropout, "head.batchnorm": head.batchnorm, "head.search": head.search,
-                  "fine_tune.unfreeze": tune.unfreeze})
+                  "fine_tune.unfreeze": tune.unfreeze, "fine_tune.blend": tune.blend})
     for key, value in expected.items():
         assert key in reads, f"{key} was not checked"
         assert reads[key] == value, f"{key}: read {reads[key]!r}, DVC wrote {value!r}"

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.helpers import (
@@ -144,6 +145,16 @@ VAL_SCORE = (
 )
 
 
+# The output layer's kernel of the head as train-head left it and of the saved model.
+OUTPUT_KERNELS = (
+    "import json\n"
+    "from transfer.layout import HEAD_MODEL, MODEL\n"
+    "from transfer.models import load_model\n"
+    "print(json.dumps({name: [w for w in load_model(path)[0].weights if w.path.endswith('kernel')][-1].numpy()"
+    ".tolist() for name, path in (('head', HEAD_MODEL), ('model', MODEL))}))\n"
+)
+
+
 def _history(repo) -> list[list[float | None]]:
     lines = (repo / "reports/fine_tune/history.csv").read_text().splitlines()[1:]
     return [[float(cell) if cell else None for cell in line.split(",")] for line in lines]
@@ -155,13 +166,20 @@ def test_a_cached_trunk_fine_tune_trains_as_the_image_path_and_saves_what_it_tra
     did on the cache (both with the fine-tune's label smoothing)."""
     _back_to_baseline(repo)
     same = ["-S", "fine_tune.epochs=3", "-S", "fine_tune.augment.flip=false", "-S", "fine_tune.augment.rotation=0",
-            "-S", "fine_tune.augment.zoom=0", "-S", "fine_tune.augment.contrast=0", "-S", "fine_tune.patience=3"]
+            "-S", "fine_tune.augment.zoom=0", "-S", "fine_tune.augment.contrast=0", "-S", "fine_tune.patience=3",
+            "-S", "fine_tune.lr=0.001"]  # at this rate the third epoch beats the start (checked below)
     run(["dvc", "exp", "run", *same], repo)
     through_images = _history(repo)
     result = run(["dvc", "exp", "run", "-S", "fine_tune.trunk_cache=true", *same], repo)
     from_cache = _history(repo)
     tuned = json.loads((repo / "reports/fine_tune/metrics.json").read_text())
     saved = json.loads(run(["python", "-c", VAL_SCORE], repo).stdout.splitlines()[-1])
+    kernels = json.loads(run(["python", "-c", OUTPUT_KERNELS], repo).stdout.splitlines()[-1])
+    # fine_tune.blend: the same run, saved halfway between the head's start and the kept epoch.
+    run(["dvc", "exp", "run", "-S", "fine_tune.trunk_cache=true", "-S", "fine_tune.blend=0.5", *same], repo)
+    halfway = json.loads((repo / "reports/fine_tune/metrics.json").read_text())
+    halfway_saved = json.loads(run(["python", "-c", VAL_SCORE], repo).stdout.splitlines()[-1])
+    halfway_kernels = json.loads(run(["python", "-c", OUTPUT_KERNELS], repo).stdout.splitlines()[-1])
     _back_to_baseline(repo)
     assert stages_run(result) == ["fine-tune", "evaluate"]
     assert "caching the frozen trunk (the layers below conv5_block3_1_conv" in result.stderr
@@ -170,6 +188,13 @@ def test_a_cached_trunk_fine_tune_trains_as_the_image_path_and_saves_what_it_tra
     for cached, whole in zip(from_cache[1:], through_images[1:], strict=True):
         assert cached[1] == pytest.approx(whole[1], abs=0.02) and cached[3] == pytest.approx(whole[3], abs=0.02)
     assert saved["loss"] == pytest.approx(tuned["val_loss"], abs=1e-4)
+    assert tuned["best_epoch"] > 0 and tuned["blend"] == 1.0 and halfway["blend"] == 0.5
+    assert halfway["best_epoch"] == tuned["best_epoch"], "the same training"
+    head, full = np.array(kernels["head"]), np.array(kernels["model"])
+    assert np.array_equal(np.array(halfway_kernels["head"]), head) and not np.allclose(head, full)
+    np.testing.assert_allclose(halfway_kernels["model"], (head + full) / 2, rtol=1e-5, atol=1e-6)
+    assert halfway_saved["loss"] == pytest.approx(halfway["val_loss"], abs=1e-4), "scored again as saved"
+    assert halfway["val_loss"] != pytest.approx(tuned["val_loss"], abs=1e-6)
 
 
 def test_augmented_copies_in_the_cache_train_the_head(repo, first_run):
