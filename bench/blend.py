@@ -143,13 +143,13 @@ def main(argv: list[str] | None = None) -> int:
             epochs = QUICK_PARAMS["fine_tune.epochs"]
             results["dataset"] = "generated shapes 90"
         else:
-            if not DEV_ARCHIVE.is_file():
-                raise SystemExit(f"error: {DEV_ARCHIVE} is missing; run with --quick for generated images")
             names = [name.strip() for name in args.backbones.split(",")]
             unknown = [name for name in names if name not in SHARED_WEIGHTS]
             if unknown:
                 raise SystemExit(f"error: --backbones {unknown}: no shared weights; choose from "
                                  f"{', '.join(SHARED_WEIGHTS)}")
+            if not DEV_ARCHIVE.is_file():
+                raise SystemExit(f"error: {DEV_ARCHIVE} is missing; run with --quick for generated images")
             chosen = [(name, {"data.source": str(DEV_ARCHIVE), "weights": str(SHARED_WEIGHTS[name])})
                       for name in names]
             results["dataset"] = f"{DEV_ARCHIVE.name} (1,000 photos, 5 classes)"
