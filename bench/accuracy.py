@@ -194,6 +194,17 @@ def print_table(results: dict) -> None:
                   f"head {row['head']['mean']:.4f} (defaults {row['head_default_minus_switched']['mean']:+.4f})")
 
 
+def parse_sets(items: list[str]) -> dict[str, object]:
+    """``--set KEY=VALUE`` options as params: each value read as DVC and the stages read params.yaml."""
+    base = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --set {item!r}: expected KEY=VALUE")
+        base[key.strip()] = parse_params_text(value, f"--set {item}")
+    return base
+
+
 def write_json_whole(path: Path, value: dict) -> None:
     """Write JSON under a temporary name, then rename: a stopped run never leaves half a file."""
     temporary = path.with_name(path.name + ".tmp")
@@ -215,12 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                              "candidate default and its levers before committing it")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "accuracy.json", help="where to write")
     args = parser.parse_args(argv)
-    base = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"error: --set {item!r}: expected KEY=VALUE")
-        base[key.strip()] = parse_params_text(value, f"--set {item}")  # as DVC and the stages read it
+    base = parse_sets(args.set)
     args.backbones = [name.strip() for name in args.backbones.split(",") if name.strip()]
     named = {"all": list(LEVERS), "none": []}
     levers = named[args.levers] if args.levers in named else [name.strip() for name in args.levers.split(",")]

@@ -31,14 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.accuracy import (  # noqa: E402 (the repository root goes on the path first)
-    DEV_ARCHIVE,
-    QUICK_BACKBONE,
     QUICK_PARAMS,
     SHARED_WEIGHTS,
+    parse_sets,
+    settings,
     write_json_whole,
 )
-from tests.helpers import default_params_tree, make_pipeline_repo, make_shapes_dataset, run  # noqa: E402
-from transfer.params import parse_params_text  # noqa: E402
+from tests.helpers import default_params_tree, make_pipeline_repo, run  # noqa: E402
 from transfer.stage import quiet_native_logs  # noqa: E402
 
 BLENDS = (0.0, 0.3, 0.5, 0.7, 1.0)
@@ -125,38 +124,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "blend.json", help="where to write")
     args = parser.parse_args(argv)
     quiet_native_logs()  # this process imports TensorFlow to score the blends: the stages' filter on its chatter
-    base = {}
-    for item in args.set:
-        key, separator, value = item.partition("=")
-        if not separator:
-            raise SystemExit(f"error: --set {item!r}: expected KEY=VALUE")
-        base[key] = parse_params_text(f"value: {value}")["value"]
+    base = parse_sets(args.set)
     epochs = base.pop("fine_tune.epochs", None) or default_params_tree()["fine_tune"]["epochs"]
+    if args.quick:
+        epochs = QUICK_PARAMS["fine_tune.epochs"]
+    args.backbones = [name.strip() for name in args.backbones.split(",") if name.strip()]
     results: dict[str, object] = {"quick": args.quick, "seeds": list(range(args.seeds)), "set": base,
                                   "blends": list(BLENDS), "backbones": {}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-blend-") as scratch:
-        work = Path(scratch)
-        if args.quick:
-            source = make_shapes_dataset(work / "shapes", per_class=30, size=40)
-            chosen = [(QUICK_BACKBONE, {"data.source": str(source), **QUICK_PARAMS})]
-            epochs = QUICK_PARAMS["fine_tune.epochs"]
-            results["dataset"] = "generated shapes 90"
-        else:
-            names = [name.strip() for name in args.backbones.split(",")]
-            unknown = [name for name in names if name not in SHARED_WEIGHTS]
-            if unknown:
-                raise SystemExit(f"error: --backbones {unknown}: no shared weights; choose from "
-                                 f"{', '.join(SHARED_WEIGHTS)}")
-            if not DEV_ARCHIVE.is_file():
-                raise SystemExit(f"error: {DEV_ARCHIVE} is missing; run with --quick for generated images")
-            chosen = [(name, {"data.source": str(DEV_ARCHIVE), "weights": str(SHARED_WEIGHTS[name])})
-                      for name in names]
-            results["dataset"] = f"{DEV_ARCHIVE.name} (1,000 photos, 5 classes)"
+        args.work = Path(scratch)
+        results["dataset"], chosen = settings(args)
         for backbone, overrides in chosen:
             per_seed = {}
             for seed in range(args.seeds):
-                repo = make_pipeline_repo(work / backbone / f"seed{seed}", {
+                repo = make_pipeline_repo(args.work / backbone / f"seed{seed}", {
                     **overrides, **base, "backbone": backbone, "seed": seed, "fine_tune.epochs": 0})
                 per_seed[seed] = measure(repo, epochs, BLENDS)
                 shutil.rmtree(repo)
