@@ -55,10 +55,11 @@ def scores(repo: Path, blends: tuple[float, ...]) -> dict[str, dict[str, float]]
     from transfer.training import blend_weights
 
     model, classes = load_model(repo / "models/model.keras")
+    assert list(classes) == read_classes(repo / "data/splits"), "the model was trained on the split's classes"
     start = keras.saving.load_model(repo / START_MODEL, compile=False)
     start_weights = [np.array(variable.numpy()) for variable in start.weights]
     tuned_weights = [np.array(variable.numpy()) for variable in model.weights]
-    splits = {name: read_split(repo / "data/splits", name, repo / "data/raw", read_classes(repo / "data/splits"))
+    splits = {name: read_split(repo / "data/splits", name, repo / "data/raw", list(classes))
               for name in ("val", "test")}
     rows = {}
     for blend in blends:
@@ -72,7 +73,6 @@ def scores(repo: Path, blends: tuple[float, ...]) -> dict[str, dict[str, float]]
             row[f"{name}_accuracy"] = round(float((probabilities.argmax(1) == labels).mean()), 4)
             row[f"{name}_cross_entropy"] = round(float(-np.log(picked).mean()), 4)
         rows[str(blend)] = row
-    assert list(classes) == read_classes(repo / "data/splits")
     return rows
 
 

@@ -140,7 +140,7 @@ def main() -> None:
 
     validation = labelled("val") if len(splits["val"][1]) else None
     rows = []
-    blended, applied_blend = None, None
+    blended = None
     if cache is not None:
         shape = tuple(cache.split.trunk.output.shape[1:])
         size = check_cache_size(len(train_labels) + len(splits["val"][1]), shape,
@@ -179,7 +179,6 @@ def main() -> None:
         kept = best_epoch(rows)
         log.info("fine-tune: kept epoch %d of %d%s", kept, len(rows) - (1 if validation is not None else 0),
                  " (the head as it came: no epoch lowered the validation loss)" if kept == 0 else "")
-        applied_blend = tune.blend if kept != 0 else None
         if tune.blend < 1 and kept != 0:
             with setup.scope():
                 blend_weights(model.trainable_variables, start_weights, tune.blend)
@@ -206,7 +205,7 @@ def main() -> None:
         "val_loss": kept.get("val_loss"),
         "best_epoch": best_epoch(rows),
         # How far the saved weights lie from the head's start toward the kept epoch's (none: the start kept).
-        "blend": applied_blend,
+        "blend": tune.blend if best_epoch(rows) != 0 else None,
         "epochs_run": sum(1 for row in rows if row["epoch"] > 0),
         "trainable_backbone_layers": len(unfrozen) if tune.training.epochs else 0,
     })
