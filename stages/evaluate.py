@@ -99,9 +99,10 @@ def main() -> None:
     metrics.update(calibrate(model, classes, labels, probabilities, settings))
     relative = [Path(path).relative_to(RAW).as_posix() for path in paths]
     leaked = leaked_test_files(DATA_QUALITY_REPORTS / NEAR_DUPLICATES)
-    positions = [index for index, name in enumerate(relative) if name in leaked]
-    metrics["leaked_test_images"] = len(positions)
-    metrics["accuracy_without_leaked"] = accuracy_without(labels, predicted, positions)
+    # None where nothing was checked (quality.report: false), never a count of 0 that reads as "no leak".
+    positions = [index for index, name in enumerate(relative) if name in leaked] if leaked is not None else []
+    metrics["leaked_test_images"] = len(positions) if leaked is not None else None
+    metrics["accuracy_without_leaked"] = accuracy_without(labels, predicted, positions) if leaked is not None else None
     write_json(TEST_METRICS, metrics)
     per_class = per_class_metrics(labels, predicted, classes)
     write_json(EVALUATE_REPORTS / "per_class.json", per_class)

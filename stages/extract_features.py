@@ -7,7 +7,8 @@ Reads params: backbone, weights, image_size, features.batch_size, features.dtype
 mixed_precision; seed and quality.* for the report; features.train_views and features.view_augment.*.
 Writes: data/features/ ({split}_features.npy, {split}_labels.npy, meta.json; train_views_* with
 features.train_views), reports/data_quality/
-(label_issues.csv, near_duplicates.csv, outliers.csv, label_issues.png, outliers.png, metrics.json)
+(label_issues.csv, near_duplicates.csv, outliers.csv, label_issues.png, outliers.png, metrics.json; with
+quality.report false, only the figures and metrics.json, saying nothing was checked)
 """
 
 import logging
@@ -48,6 +49,10 @@ def report_data_quality(checks: QualityParams, seed: int) -> float:
     """reports/data_quality from the feature cache just written; returns its seconds (for the stage's timing
     record, not for metrics.json, whose figures are the same for the same inputs)."""
     start = time.perf_counter()
+    if not checks.report:
+        quality.write_report_off(DATA_QUALITY_REPORTS)
+        log.info("data quality: not checked (quality.report is false)")
+        return round(time.perf_counter() - start, 2)
     images = quality.load_images(FeatureStore(FEATURES), SPLITS)
     report = quality.assess(images, checks.folds, checks.duplicate_similarity, seed)
     metrics = quality.summary(images, report, checks.folds, checks.duplicate_similarity)

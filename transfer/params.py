@@ -266,11 +266,13 @@ class QualityParams:
         folds: k of the k-fold out-of-fold probabilities.
         duplicate_similarity: the cosine similarity of features from which two images count as near-duplicates.
         gallery: images shown in each of the label-suspect and outlier figures.
+        report: whether to make the report at all (off: the folder says so, and nothing in it is checked).
     """
 
     folds: int
     duplicate_similarity: float
     gallery: int
+    report: bool = True
 
 
 @dataclass(frozen=True)
@@ -437,6 +439,7 @@ def read_quality(params: Params) -> QualityParams:
         folds=params.int("quality.folds", minimum=2, maximum=100),
         duplicate_similarity=params.number("quality.duplicate_similarity", 0.5, 1.0),
         gallery=params.int("quality.gallery", minimum=0, maximum=200),
+        report=params.bool("quality.report"),
     )
 
 

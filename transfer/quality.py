@@ -41,7 +41,15 @@ import numpy as np
 
 from transfer.datasets import SPLITS
 from transfer.errors import DataError, UserError
-from transfer.io import atomic_path, from_spreadsheet_safe, read_csv, spreadsheet_safe, write_csv, write_json
+from transfer.io import (
+    atomic_path,
+    from_spreadsheet_safe,
+    read_csv,
+    read_json,
+    spreadsheet_safe,
+    write_csv,
+    write_json,
+)
 from transfer.layout import (
     LABEL_ISSUES,
     LABEL_ISSUES_FIGURE,
@@ -262,11 +270,11 @@ def leaked(images: Images, pairs: list[tuple[int, int, float]], split: str = "te
                     dtype=np.int64)
 
 
-def leaked_test_files(near_duplicates: Path) -> set[str]:
+def leaked_test_files(near_duplicates: Path) -> set[str] | None:
     """The test images (paths relative to data/raw) that ``near_duplicates.csv`` pairs with an image of another
-    split; empty when the file does not exist (the report was not written)."""
+    split; None when the file does not exist (the report is off, ``quality.report: false``): not checked."""
     if not near_duplicates.is_file():
-        return set()
+        return None
     return {from_spreadsheet_safe(row[f"file_{side}"]) for row in read_csv(near_duplicates) for side in "ab"
             if row[f"split_{side}"] == "test"}
 
@@ -388,6 +396,20 @@ def write_report(images: Images, report: QualityReport, folder: Path, raw: Path,
         write_json(staging / STAGE_METRICS, metrics)
 
 
+def write_report_off(folder: Path) -> None:
+    """The report folder when ``quality.report`` is false, whole or not at all: ``metrics.json`` saying nothing
+    was checked, and the two figures saying so (the DVC plots name them); no CSV, so nothing reads as "none
+    found"."""
+    from transfer.reports import plot_gallery
+
+    off = "not checked: quality.report is false"
+    with atomic_path(folder) as staging:
+        staging.mkdir()
+        plot_gallery([], staging / LABEL_ISSUES_FIGURE, "Suspected label errors", off)
+        plot_gallery([], staging / OUTLIERS_FIGURE, "Outliers", off)
+        write_json(staging / STAGE_METRICS, {"checked": False})
+
+
 def add_exclusions(report: Path, exclude: Path, splits: list[str], top: int | None, outliers: bool) -> dict:
     """Add the flagged suspects (or the first ``top`` ranked rows), and with ``outliers`` the flagged outliers,
     of ``splits`` to the ``exclude`` CSV, keeping its rows; returns what was added.
@@ -401,6 +423,9 @@ def add_exclusions(report: Path, exclude: Path, splits: list[str], top: int | No
                         f"{', '.join(SPLITS)}")
     issues_path = report / LABEL_ISSUES
     if not issues_path.is_file():
+        if (report / STAGE_METRICS).is_file() and read_json(report / STAGE_METRICS).get("checked") is False:
+            raise UserError(f"{report} holds no report: quality.report is false; set it to true and run "
+                            "`dvc repro` (extract-features writes it) first")
         raise UserError(f"{issues_path} does not exist; run the pipeline (dvc repro) first")
     ranked = read_csv(issues_path)
     chosen = ranked[:top] if top is not None else [row for row in ranked if row["suspect"] == "1"]

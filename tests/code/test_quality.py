@@ -8,7 +8,7 @@ from PIL import Image
 
 from transfer import quality
 from transfer.datasets import curate
-from transfer.errors import DataError, ParamError
+from transfer.errors import DataError, ParamError, UserError
 from transfer.io import read_csv, spreadsheet_safe, write_csv
 from transfer.params import Params, read_curation, read_quality
 
@@ -180,7 +180,19 @@ def test_the_report_is_written_whole_with_its_galleries_and_metrics(tmp_path):
     assert saved["leaked_test_images"] == 1 and saved["near_duplicate_pairs"] == 1
     assert saved["label_issues_train"] + saved["label_issues_val"] + saved["label_issues_test"] == saved["label_issues"]
     assert quality.leaked_test_files(out / "near_duplicates.csv") == {images.files[10]}
-    assert quality.leaked_test_files(tmp_path / "missing.csv") == set()
+    assert quality.leaked_test_files(tmp_path / "missing.csv") is None, "no report: not checked, not 'none leaked'"
+
+
+def test_with_the_report_off_the_folder_says_nothing_was_checked(tmp_path):
+    out = tmp_path / "data_quality"
+    quality.write_report_off(out)
+    assert sorted(path.name for path in out.iterdir()) == ["label_issues.png", "metrics.json", "outliers.png"]
+    assert json.loads((out / "metrics.json").read_text()) == {"checked": False}
+    assert all((out / name).stat().st_size > 0 for name in ("label_issues.png", "outliers.png")), "DVC's plots"
+    assert quality.leaked_test_files(out / quality.NEAR_DUPLICATES) is None
+    with pytest.raises(UserError, match="holds no report: quality.report is false; set it to true"):
+        quality.add_exclusions(out, tmp_path / "exclude.csv", ["train"], top=None, outliers=False)
+    assert not (tmp_path / "exclude.csv").exists()
 
 
 def test_names_that_would_run_as_formulas_are_written_as_text_and_read_back(tmp_path):
