@@ -281,6 +281,7 @@ def test_a_missing_file_or_column_is_refused(tmp_path):
         ("quality.folds", 1, r"quality.folds = 1 is invalid: expected an integer in \[2, 100\]"),
         ("quality.duplicate_similarity", 1.5, r"expected a number in \[0.5, 1.0\]"),
         ("quality.gallery", -1, r"expected an integer in \[0, 200\]"),
+        ("quality.report", "no", r"quality.report = 'no' is invalid: expected true or false"),
         ("data.exclude", None, "the path of a CSV file"),
     ],
 )

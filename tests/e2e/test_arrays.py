@@ -1,4 +1,5 @@
-"""An array data set through the real `dvc repro`: a .npz with its own test split, VGG16 cut at block3_pool."""
+"""An array data set through the real `dvc repro`: a .npz with its own test split, VGG16 cut at block3_pool, the
+data-quality report off."""
 
 from pathlib import Path
 
@@ -40,6 +41,8 @@ def test_a_npz_with_its_own_test_split_runs_through_dvc_repro_on_a_cut_vgg16(tmp
         "fine_tune.epochs": 1,
         "fine_tune.unfreeze": 3,
         "fine_tune.batch_size": 16,
+        # The data-quality report is off, as for a large array set (its cost grows with the square of the images).
+        "quality.report": False,
     })
     result = run(["dvc", "repro"], repo)
     assert stages_run(result) == ["download", "split", "extract-features", "train-head", "fine-tune", "evaluate"]
@@ -51,6 +54,11 @@ def test_a_npz_with_its_own_test_split_runs_through_dvc_repro_on_a_cut_vgg16(tmp
     metrics = read_json(repo / "reports" / "metrics.json")
     assert metrics["images"] == 30, "scored on the shipped test split"
     assert metrics["accuracy"] > 0.6, "random VGG16 blocks 1-3 still tell coloured shapes apart"
+    assert read_json(repo / "reports" / "data_quality" / "metrics.json") == {"checked": False}
+    assert sorted(path.name for path in (repo / "reports" / "data_quality").iterdir()) == [
+        "label_issues.png", "metrics.json", "outliers.png"], "no CSV that would read as 'none found'"
+    assert metrics["leaked_test_images"] is None and metrics["accuracy_without_leaked"] is None, "not checked"
+    assert "data quality: not checked (quality.report is false)" in result.stdout + result.stderr
 
     import keras
 
