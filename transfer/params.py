@@ -577,7 +577,7 @@ def read_backbone(params: Params) -> BackboneParams:
         if max(size) > MAX_IMAGE_SIDE:
             raise params.fail("image_size", params.value("image_size"),
                               f"sides of at most {MAX_IMAGE_SIDE} pixels (a batch of 32 at 20000 would need 143 GiB); "
-                              "null gives the backbone's native size")
+                              "null gives the backbone's default size")
         size = (size[0], size[1])
     weights = params.text("weights").strip()
     if weights.lower() not in ("imagenet", "none"):
