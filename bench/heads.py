@@ -1,7 +1,7 @@
 """Which head recipe to default to: head variants and the linear probe over many split seeds, in minutes.
 
     python bench/heads.py [--quick] [--seeds 10] [--backbones mobilenetv2_0.35,mobilenetv2_0.5]
-                          [--out bench/heads.json]
+                          [--image-size 224] [--out bench/heads.json]
 
 The heads are what train-head trains (the stage's own ``build_head``, ``compile_with``, ``fit`` and ``seed``),
 on the pipeline's own features: each photo of the data set goes through the extractor once, as given and
@@ -156,12 +156,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="generated shapes, random weights: a minute")
     parser.add_argument("--seeds", type=int, default=10, help="split seeds (default 10)")
     parser.add_argument("--backbones", default="mobilenetv2_0.35,mobilenetv2_0.5", help="comma-separated")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="the side the photos run through the backbone at (default: the backbone's default, "
+                             "as image_size: null gives it)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "heads.json", help="where to write")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         raise SystemExit(f"error: --seeds {args.seeds}: expected 1 or more")
+    if args.image_size is not None and args.image_size < 32:
+        raise SystemExit(f"error: --image-size {args.image_size}: expected 32 or more")
     defaults = default_params_tree()
-    results: dict[str, object] = {"quick": args.quick, "seeds": list(range(args.seeds)), "variants": {
+    results: dict[str, object] = {"quick": args.quick, "seeds": list(range(args.seeds)),
+                                  "image_size": args.image_size, "variants": {
         name: {"mirror": mirror, **{key: list(value) if isinstance(value, tuple) else value
                                    for key, value in changes.items()}}
         for name, (mirror, changes) in VARIANTS.items()}, "cpu_count": os.cpu_count(), "backbones": {}}
@@ -181,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             unknown = [name for name in names if name not in SHARED_WEIGHTS]
             if unknown:
                 raise SystemExit(f"error: no shared weights for {unknown}; choose from {', '.join(SHARED_WEIGHTS)}")
-            chosen = [(name, source, str(SHARED_WEIGHTS[name]), None) for name in names]
+            chosen = [(name, source, str(SHARED_WEIGHTS[name]), args.image_size) for name in names]
         for backbone, source, weights, size in chosen:
             record = study(extract(source, backbone, weights, size), args.seeds, defaults)
             results["backbones"][backbone] = record
