@@ -59,7 +59,8 @@ def dataset(work: Path, generated: bool) -> tuple[str, dict]:
             bundle.extractall(work / "photos", filter="data")
         return "flowers 500 (shared assets)", {
             "data.source": str(work / "photos"), "backbone": "mobilenetv2_0.35",
-            "weights": str(MOBILENETV2_035_WEIGHTS), "image_size": None,
+            # 224, not the 288 image_size null now gives MobileNetV2: the ratios stay comparable across sessions.
+            "weights": str(MOBILENETV2_035_WEIGHTS), "image_size": 224,
         }
     make_shapes_dataset(work / "photos", per_class=60, size=64)
     return "generated shapes 180", {
