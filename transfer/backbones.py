@@ -68,7 +68,8 @@ class Backbone:
 
 # Families whose default input side is not their native one, because it was measured better: MobileNetV2 at 288
 # (ImageNet weights trained at 224; its convolutions and pooling take any size) on the 1,000 dev photos, widths
-# 0.35 and 0.5 (bench/accuracy_288.json, bench/heads.py). Every other backbone runs at its native size.
+# 0.35 and 0.5 (bench/accuracy.json against bench/accuracy_224.json; bench/heads_288.json against bench/heads.json).
+# Every other backbone runs at its native size.
 MEASURED_SIZES = {"mobilenetv2": 288}
 
 
