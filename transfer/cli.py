@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a trained classifier for serving (TensorFlow SavedModel: raw pixels of any size in) "
                     "or for mobile (TFLite: raw pixels at the model's input size in). The class names are "
                     "written beside it. The export is compared with the Keras model on real images and put in "
-                    "place only if a float export agrees on at least 99% of them; int8 agreement is reported.",
+                    "place only if a float export agrees on at least 99% of them (a swap of a near tie counts "
+                    "as agreeing); int8 agreement is reported.",
     )
     export.add_argument("model", type=Path, nargs="?", default=DEFAULT_MODEL,
                         help=f"the .keras model to export (default: {DEFAULT_MODEL})")

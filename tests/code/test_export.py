@@ -93,9 +93,25 @@ def test_an_int8_export_is_smaller_and_its_agreement_reported(trained, tmp_path)
 def test_an_export_that_disagrees_is_refused_and_not_written(trained, tmp_path, monkeypatch):
     model_path, images = trained
     monkeypatch.setattr(export, "tflite_predict", lambda path, batch: np.roll(_keras(model_path, batch), 1, axis=1))
-    with pytest.raises(DataError, match=r"agrees with the Keras model on 0.0% of 60 images, below 99%"):
+    # Every answer moved; the few that this barely trained model gives confidently are what the gate catches.
+    with pytest.raises(DataError, match=r"agrees with the Keras model on \d+\.\d% of 60 images \(counting \d+ "
+                                        r"near-tie swap\(s\) as agreeing\), below 99%; nothing was written"):
         export_model(model_path, "tflite", "none", tmp_path / "model.tflite", images)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_swap_on_a_near_tie_counts_as_agreeing_and_a_confident_one_does_not():
+    reference = np.array([[0.70, 0.20, 0.10], [0.48, 0.47, 0.05], [0.10, 0.85, 0.05]], dtype=np.float32)
+    rounded = reference.copy()
+    rounded[1] = [0.47, 0.48, 0.05]  # the near tie (margin 0.01) swapped by a 0.01 move: rounding
+    report = export.agreement(reference, rounded)
+    assert report["top1_agreement"] == pytest.approx(2 / 3) and report["near_tie_swaps"] == 1
+    assert report["top1_agreement_with_near_ties"] == 1.0
+    broken = reference.copy()
+    broken[1] = [0.05, 0.90, 0.05]  # the same image, but its probabilities moved far: not rounding
+    broken[2] = [0.85, 0.10, 0.05]  # and a confident answer changed
+    report = export.agreement(reference, broken)
+    assert report["near_tie_swaps"] == 0 and report["top1_agreement_with_near_ties"] == pytest.approx(1 / 3)
 
 
 @pytest.mark.parametrize(
