@@ -100,9 +100,10 @@ def main() -> None:
     relative = [Path(path).relative_to(RAW).as_posix() for path in paths]
     leaked = leaked_test_files(DATA_QUALITY_REPORTS / NEAR_DUPLICATES)
     # None where nothing was checked (quality.report: false), never a count of 0 that reads as "no leak".
-    positions = [index for index, name in enumerate(relative) if name in leaked] if leaked is not None else []
-    metrics["leaked_test_images"] = len(positions) if leaked is not None else None
-    metrics["accuracy_without_leaked"] = accuracy_without(labels, predicted, positions) if leaked is not None else None
+    checked = leaked is not None
+    positions = [index for index, name in enumerate(relative) if name in (leaked or ())]
+    metrics["leaked_test_images"] = len(positions) if checked else None
+    metrics["accuracy_without_leaked"] = accuracy_without(labels, predicted, positions) if checked else None
     write_json(TEST_METRICS, metrics)
     per_class = per_class_metrics(labels, predicted, classes)
     write_json(EVALUATE_REPORTS / "per_class.json", per_class)
