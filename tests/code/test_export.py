@@ -112,6 +112,11 @@ def test_a_swap_on_a_near_tie_counts_as_agreeing_and_a_confident_one_does_not():
     broken[2] = [0.85, 0.10, 0.05]  # and a confident answer changed
     report = export.agreement(reference, broken)
     assert report["near_tie_swaps"] == 0 and report["top1_agreement_with_near_ties"] == pytest.approx(1 / 3)
+    # Three classes within 0.02: the answer moved by 0.02 to the third, not to the runner-up. Not a swap of two.
+    close = np.array([[0.34, 0.335, 0.325]], dtype=np.float32)
+    report = export.agreement(close, np.array([[0.33, 0.325, 0.345]], dtype=np.float32))
+    assert report["near_tie_swaps"] == 0 and report["top1_agreement_with_near_ties"] == 0.0
+    assert export.agreement(close, np.array([[0.33, 0.345, 0.325]], dtype=np.float32))["near_tie_swaps"] == 1
 
 
 @pytest.mark.parametrize(
