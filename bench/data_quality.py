@@ -154,10 +154,18 @@ def curation(repo: Path) -> dict:
     }
 
 
-def planted_leak(repo: Path, seed: int) -> dict:
-    """Copy LEAKED test photos, resized and re-encoded, into train; re-run the stages from extract-features on."""
+def reencoded_copy(original: Path, copy: Path) -> None:
+    """What a leak usually looks like: the photo resized to 80% and saved again as a JPEG at quality 70."""
     from PIL import Image, ImageOps
 
+    with Image.open(original) as image:
+        image = ImageOps.exif_transpose(image).convert("RGB")
+        image = image.resize((max(8, int(image.width * 0.8)), max(8, int(image.height * 0.8))))
+        image.save(copy, "JPEG", quality=70)
+
+
+def planted_leak(repo: Path, seed: int) -> dict:
+    """Copy LEAKED test photos, resized and re-encoded, into train; re-run the stages from extract-features on."""
     before = read_json(repo / "reports/metrics.json")
     tests = read_csv(repo / "data/splits/test.csv")
     rng = np.random.default_rng(seed)
@@ -165,12 +173,8 @@ def planted_leak(repo: Path, seed: int) -> dict:
     with (repo / "data/splits/train.csv").open("a", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         for row in chosen:
-            original = repo / "data/raw" / row["path"]
             copy = Path(row["path"]).with_name(f"leaked_{Path(row['path']).stem}.jpg").as_posix()
-            with Image.open(original) as image:
-                image = ImageOps.exif_transpose(image).convert("RGB")
-                image = image.resize((max(8, int(image.width * 0.8)), max(8, int(image.height * 0.8))))
-                image.save(repo / "data/raw" / copy, "JPEG", quality=70)
+            reencoded_copy(repo / "data/raw" / row["path"], repo / "data/raw" / copy)
             writer.writerow([copy, row["label"]])
     for stage in ("extract_features", "train_head", "fine_tune", "evaluate"):
         run([sys.executable, f"stages/{stage}.py"], repo)
