@@ -33,18 +33,21 @@ def test_each_rule_picks_on_validation_alone_and_the_first_of_equals_wins():
     assert chosen["validation_accuracy"]["test_accuracy"] == 0.84
 
 
-def test_the_losses_are_keras_own_and_a_fitted_temperature_never_raises_the_cross_entropy():
+def test_the_losses_are_what_keras_reports_for_a_softmax_and_a_fitted_temperature_never_raises_them():
     import keras
 
     from bench.epochs import calibrated_cross_entropy, cross_entropy
 
     rng = np.random.default_rng(0)
-    probabilities = rng.dirichlet(np.ones(5) * 0.3, size=40).astype(np.float32)
+    logits = rng.normal(0, 6, size=(40, 5)).astype(np.float32)  # some probabilities far below Keras' 1e-7
+    probabilities = np.asarray(keras.ops.softmax(logits))
     labels = rng.integers(0, 5, size=40)
+    assert probabilities.min() < 1e-9
     for smoothing in (0.0, 0.1):
-        expected = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)(
-            np.eye(5, dtype=np.float32)[labels], probabilities)
-        assert cross_entropy(probabilities, labels, smoothing) == pytest.approx(float(expected), rel=1e-4)
+        # A softmax output carries its logits, and Keras' loss uses them: no clipping at its epsilon.
+        expected = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing, from_logits=True)(
+            np.eye(5, dtype=np.float32)[labels], logits)
+        assert cross_entropy(probabilities, labels, smoothing) == pytest.approx(float(expected), rel=1e-5)
     assert calibrated_cross_entropy(probabilities, labels) <= cross_entropy(probabilities, labels) + 1e-9
 
 
