@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.accuracy import parse_sets, settings, write_json_whole  # noqa: E402 (path first)
 from tests.helpers import make_pipeline_repo, run  # noqa: E402
+from transfer.io import read_csv  # noqa: E402
 
 CAPTURED = "epoch_probabilities.npz"
 # Params under which the stage scores validation once per epoch with the whole classifier on photos, which
@@ -147,9 +148,7 @@ def measure(repo: Path, probabilities: Path | None, name: str) -> dict[str, obje
     table = epoch_table(captured, smoothing)
     if len(table) != tuned["epochs_run"] + 1:
         raise SystemExit(f"error: captured {len(table)} scorings for {tuned['epochs_run']} epochs and epoch 0")
-    history = (repo / "reports/fine_tune/history.csv").read_text().splitlines()
-    columns = history[0].split(",")
-    logged = [float(line.split(",")[columns.index("val_loss")]) for line in history[1:]]
+    logged = [float(row["val_loss"]) for row in read_csv(repo / "reports/fine_tune/history.csv")]
     gap = max(abs(a - row["val_loss_smoothed"]) for a, row in zip(logged, table, strict=True))
     chosen = picks(table)
     if gap > 1e-4 or chosen[STAGE_RULE]["epoch"] != tuned["best_epoch"]:
