@@ -6,10 +6,9 @@ Seeded ``--copies`` photos of the dev set are resized to 80% and saved again as 
 quality bench's planted leak). Every photo and every copy goes through the backbone at each size as
 extract-features caches them (each image averaged with its mirror, stored as float16), and the cosine similarity
 the report uses is taken between each copy and every photo (is its original the nearest?), and between every two
-different photos. For each
-threshold: how many copies it finds, and how many pairs of different photos reach it (among them shots of one
-scene, which the report lists too, and different photos that merely look alike). The threshold is a property of
-the feature space, so a new default size or backbone needs this again.
+different photos. For each threshold: how many copies it finds, and how many pairs of different photos reach
+it (among them shots of one scene, which the report lists too, and different photos that merely look alike).
+The threshold is a property of the feature space, so a new default size or backbone needs this again.
 
 Data: the shared 1,000-photo dev set with the shared MobileNetV2 0.35 weights. ``--quick``: generated shapes,
 random weights, 32 px (what the test runs).
@@ -20,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
@@ -30,16 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.accuracy import DEV_ARCHIVE, SHARED_WEIGHTS, write_json_whole  # noqa: E402 (path first)
+from bench.data_quality import photos as photo_folder  # noqa: E402
 from bench.data_quality import reencoded_copy  # noqa: E402
 from bench.heads import extract  # noqa: E402
 from tests.helpers import make_shapes_dataset  # noqa: E402
+from transfer.quality import unit_rows  # noqa: E402
 
 DEV_BACKBONE = "mobilenetv2_0.35"
 THRESHOLDS = (0.80, 0.82, 0.84, 0.85, 0.86, 0.87, 0.88, 0.89, 0.90, 0.92)
-
-
-def unit(features: np.ndarray) -> np.ndarray:
-    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 
 def make_copies(source: Path, target: Path, count: int, seed: int) -> list[str]:
@@ -58,7 +54,7 @@ def similarities(source: Path, copies: Path, backbone: str, weights: str | None,
     photos, copied = extract(source, backbone, weights, size), extract(copies, backbone, weights, size)
     index = {Path(path).with_suffix("").as_posix(): i for i, (path, _, _) in enumerate(photos["scan"].images)}
     originals = [index[Path(path).with_suffix("").as_posix()] for path, _, _ in copied["scan"].images]
-    everyone, copy_rows = unit(photos["mirror"]), unit(copied["mirror"])
+    everyone, copy_rows = unit_rows(photos["mirror"]), unit_rows(copied["mirror"])
     pairs = everyone @ everyone.T
     return {"copies": np.sum(everyone[originals] * copy_rows, axis=1),
             "different": pairs[np.triu_indices(len(everyone), 1)],
@@ -105,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if not DEV_ARCHIVE.is_file():
                 raise SystemExit(f"error: {DEV_ARCHIVE} is missing; run with --quick for generated images")
-            with tarfile.open(DEV_ARCHIVE) as archive:
-                archive.extractall(Path(scratch) / "dev", filter="data")
-            source = next(path.parent for path in sorted((Path(scratch) / "dev").rglob("*")) if path.is_file()).parent
+            source = photo_folder(args, Path(scratch))
             backbone, weights = DEV_BACKBONE, str(SHARED_WEIGHTS[DEV_BACKBONE])
         make_copies(source, Path(scratch) / "copies", args.copies, args.seed)
         results["backbone"] = backbone

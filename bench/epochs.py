@@ -214,8 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 repo = make_pipeline_repo(args.work / backbone / f"seed{seed}",
                                           {**base, **overrides, "backbone": backbone, "seed": seed})
                 per_seed[seed] = measure(repo, args.probabilities, f"{backbone}_seed{seed}")
-                print(f"{backbone} seed {seed}: " + json.dumps({name: pick for name, pick in
-                                                                  per_seed[seed]["picks"].items()}), flush=True)
+                print(f"{backbone} seed {seed}: {json.dumps(per_seed[seed]['picks'])}", flush=True)
                 results["backbones"][backbone] = {"params": overrides, "per_seed": per_seed,
                                                   "summary": summarise(per_seed)}
                 write_json_whole(args.out, results)
