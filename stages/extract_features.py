@@ -3,10 +3,14 @@ data-quality report from them (transfer/quality.py): suspected label errors, nea
 outliers. Here, once per feature cache, and not in train-head, which would redo it for every head experiment
 although nothing in it depends on the head.
 
-Reads params: backbone, weights, image_size, features.batch_size, features.dtype, features.mirror, strategy,
-mixed_precision; seed and quality.* for the report; features.train_views and features.view_augment.*.
+The same pass writes, for fine-tune, the frozen trunk's output at the fine-tune boundary (fine_tune.unfreeze)
+for every training and validation image and its mirror, and for features.trunk_views augmented copies of each
+training image (transfer/trunk.py): fine-tune then trains only the layers it unfreezes.
+
+Reads params: backbone, weights, image_size, features.*, fine_tune.unfreeze (where the trunk is cut), strategy,
+mixed_precision; seed and quality.* for the report.
 Writes: data/features/ ({split}_features.npy, {split}_labels.npy, meta.json; train_views_* with
-features.train_views), reports/data_quality/
+features.train_views; trunk/), reports/data_quality/
 (label_issues.csv, near_duplicates.csv, outliers.csv, label_issues.png, outliers.png, metrics.json; with
 quality.report false, only the figures and metrics.json, saying nothing was checked)
 """
@@ -19,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this file as a script.
 
 from transfer import quality
-from transfer.backbones import BackboneChoice, backbone_digest, build_feature_extractor, resolve
+from transfer.backbones import BackboneChoice, backbone_digest, build_views, resolve
 from transfer.datasets import SPLITS as SPLIT_NAMES
 from transfer.datasets import read_classes, read_split
 from transfer.distribute import runtime
@@ -34,15 +38,18 @@ from transfer.params import (
     read_distribute,
     read_features,
     read_quality,
+    read_unfreeze,
 )
 from transfer.stage import run_stage
+from transfer.trunk import check_disk, plan_trunk
 
 log = logging.getLogger("extract-features")
 
 
-def parse_params(params: Params) -> tuple[BackboneChoice, FeatureParams, DistributeParams, int, QualityParams]:
+def parse_params(params: Params) -> tuple[BackboneChoice, FeatureParams, DistributeParams, int, QualityParams,
+                                          int | str]:
     return (resolve(read_backbone(params), params.source), read_features(params), read_distribute(params),
-            params.seed(), read_quality(params))
+            params.seed(), read_quality(params), read_unfreeze(params))
 
 
 def report_data_quality(checks: QualityParams, seed: int) -> float:
@@ -68,12 +75,12 @@ def report_data_quality(checks: QualityParams, seed: int) -> float:
 
 
 def main() -> dict:
-    choice, features, distribute, seed, checks = parse_params(Params.load())
+    choice, features, distribute, seed, checks, unfreeze = parse_params(Params.load())
     classes = read_classes(SPLITS)
     splits = {split: read_split(SPLITS, split, RAW, classes) for split in SPLIT_NAMES}
     setup = runtime(distribute)
     with setup.scope():
-        extractor = build_feature_extractor(choice, mirror=features.mirror)
+        extractor, single_view = build_views(choice, mirror=features.mirror)
     meta = {
         "backbone": choice.spec.name,
         "weights": choice.weights if choice.weights in ("imagenet", None) else Path(choice.weights).name,
@@ -90,8 +97,17 @@ def main() -> dict:
             views = (changing_extractor(extractor, features.view_augment, seed), features.train_views)
         log.info("extract-features: %d augmented copies of each of the %d training images besides it",
                  features.train_views, len(splits["train"][0]))
+    with setup.scope():
+        trunk, said = plan_trunk(single_view, choice.spec.preprocessing, unfreeze, features.mirror,
+                                 features.trunk_views, features.view_augment, seed,
+                                 {"backbone_sha256": meta["backbone_sha256"], "image_size": meta["image_size"]})
+    if trunk is not None:
+        needed = trunk.bytes_for({split: len(splits[split][0]) for split in trunk.splits}, features.dtype)
+        check_disk(FEATURES, needed)
+        said = f"{said}: {needed / 2**20:.0f} MiB"
+    log.info("extract-features: for fine-tune, %s", said)
     stats = extract_features(extractor, choice.image_size, splits, FEATURES, features.batch_size, features.dtype,
-                             meta, runtime=setup, views=views)
+                             meta, runtime=setup, views=views, trunk=trunk)
     return {**stats, "data_quality_seconds": report_data_quality(checks, seed)}
 
 

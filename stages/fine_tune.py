@@ -1,11 +1,17 @@
 """fine-tune: put the trained head on the backbone and train the top of both at a low learning rate.
 
+By default (fine_tune.trunk_cache) the epochs train from the frozen trunk's output that extract-features cached
+(data/features/trunk/, transfer/trunk.py): no photo is read and the frozen layers never run here. With
+fine_tune.trunk_cache: false, or when nothing is frozen (unfreeze: all), every epoch runs the whole backbone on
+the photos with fine_tune.augment's random changes.
+
 With ``fine_tune.epochs: 0`` the backbone and head are only assembled, so ``models/model.keras`` always
 exists and evaluate scores the artifact a user would deploy. Otherwise the assembled model is scored on
 validation before the first step (epoch 0) and the best of epochs 0..N is kept, so fine-tuning never ends
 with a higher validation loss than the head it started from.
 
-Reads params: seed, backbone, weights, image_size, fine_tune.*, strategy, mixed_precision.
+Reads params: seed, backbone, weights, image_size, features.layer, features.mirror, fine_tune.*, strategy,
+mixed_precision.
 Writes: models/model.keras (+ classes), reports/fine_tune/{history.csv,metrics.json,curves.png}
 """
 
@@ -54,35 +60,21 @@ from transfer.training import (
     set_determinism,
     write_history,
 )
-from transfer.trunk import (
-    check_cache_size,
-    classifiers,
-    run_trunk,
-    split_backbone,
-    trunk_on_images,
-    view_dataset,
-)
+from transfer.trunk import TrunkCache, boundary_layer, classifiers, split_backbone
 
 log = logging.getLogger("fine-tune")
 
 
-class TrunkCache:
-    """``fine_tune.trunk_cache``: the models that train and score the top of the backbone from the trunk's
-    cached output (see :mod:`transfer.trunk`), built on the classifier's own layers."""
+class CachedTop:
+    """``fine_tune.trunk_cache``: the models that train and score the top of the backbone from the trunk's output
+    cached in ``data/features/trunk`` (see :mod:`transfer.trunk`), built on the classifier's own layers."""
 
-    def __init__(self, choice: BackboneChoice, single_view, head, mirror: bool, first_trained: str):
-        self.split = split_backbone(backbone_of(single_view), first_trained)
-        self.on_images = trunk_on_images(self.split, single_view, choice.spec.preprocessing)
+    def __init__(self, single_view, head, mirror: bool, first: str, unfreeze, digest: str):
+        self.split = split_backbone(backbone_of(single_view), first)
         self.trained, self.scorer = classifiers(self.split, head, mirror)
+        self.store = TrunkCache(FEATURES)
+        self.store.check(unfreeze, self.split.first, digest, tuple(self.split.trunk.output.shape[1:]))
         self.mirror = mirror
-
-    def views(self, paths: list[str], image_size, batch_size: int):
-        """The trunk's output for each image and its mirror."""
-        return run_trunk(self.on_images, image_dataset(paths, image_size, batch_size))
-
-    def validation(self, views, one_hot):
-        """What the scorer takes: both views (mirror averaging) or the image as given."""
-        return (views if self.mirror else views[0]), one_hot
 
 
 def parse_params(params: Params) -> tuple[int, BackboneChoice, bool, FineTuneParams, DistributeParams]:
@@ -91,16 +83,18 @@ def parse_params(params: Params) -> tuple[int, BackboneChoice, bool, FineTunePar
             read_distribute(params))
 
 
-def check_backbone(extractor, choice: BackboneChoice) -> None:
+def check_backbone(extractor, choice: BackboneChoice) -> str:
     """The head was trained on features from one backbone's weights; put it on no other (a weights file
-    replaced at the same path since extract-features ran, say)."""
+    replaced at the same path since extract-features ran, say). Returns the backbone's digest."""
     made = read_json(FEATURES / "meta.json").get("backbone_sha256")
-    if made is not None and made != backbone_digest(extractor):
+    digest = backbone_digest(extractor)
+    if made is not None and made != digest:
         raise DataError(
             f"the backbone's weights (weights = {choice.weights or 'none'}) are not the ones that made {FEATURES} "
             "and the head (the weights file changed since extract-features ran, and this stage was run without "
             "DVC?); `dvc repro` re-extracts and retrains: it sees the change in inputs/weights"
         )
+    return digest
 
 
 def main() -> None:
@@ -111,7 +105,7 @@ def main() -> None:
     train_labels = splits["train"][1]
     with setup.scope():
         extractor, single_view = build_views(choice, mirror)
-        check_backbone(extractor, choice)
+        digest = check_backbone(extractor, choice)
         # Seed before loading the head: its Dropout layers draw their random seeds as they are created.
         set_determinism(seed)
         head, head_classes = load_model(HEAD_MODEL)
@@ -124,9 +118,9 @@ def main() -> None:
         # have fewer layers than its default counts).
         unfrozen = unfreeze_top(model, tune.unfreeze) if tune.training.epochs else []
         cache = None
-        if tune.trunk_cache and tune.training.epochs:
-            first = unfrozen[0] if unfrozen else backbone_of(model).operations[-1].name
-            cache = TrunkCache(choice, single_view, head, mirror, first)
+        first = boundary_layer(backbone_of(model), tune.unfreeze) if tune.training.epochs else None
+        if tune.trunk_cache and first is not None:
+            cache = CachedTop(single_view, head, mirror, first, tune.unfreeze, digest)
             trained = cache.trained
             compile_with(cache.scorer, tune.training, train_examples=len(train_labels))  # for scoring only
         compile_with(trained, tune.training, train_examples=len(train_labels))
@@ -138,20 +132,13 @@ def main() -> None:
         paths, labels = splits[split]
         return image_dataset(paths, choice.image_size, tune.training.batch_size, labels, len(classes), shuffle_seed)
 
-    validation = labelled("val") if len(splits["val"][1]) else None
+    hot = np.eye(len(classes), dtype="float32")
+    if cache is not None:
+        validation = cache.store.validation(hot[splits["val"][1]], tune.training.batch_size, mirror)
+    else:
+        validation = labelled("val") if len(splits["val"][1]) else None
     rows = []
     blended = None
-    if cache is not None:
-        shape = tuple(cache.split.trunk.output.shape[1:])
-        size = check_cache_size(len(train_labels) + len(splits["val"][1]), shape,
-                                np.dtype(cache.split.trunk.output.dtype).itemsize)
-        log.info("fine-tune: caching the frozen trunk (the layers below %s; output %s) for every training and "
-                 "validation image and its mirror: %.0f MiB", cache.split.first, list(shape), size / 2**20)
-        train_views = cache.views(splits["train"][0], choice.image_size, tune.training.batch_size)
-        if validation is not None:
-            validation = cache.validation(
-                cache.views(splits["val"][0], choice.image_size, tune.training.batch_size),
-                np.eye(len(classes), dtype="float32")[splits["val"][1]])
     if tune.training.epochs:
         # Epoch 0: the assembled model before any step, which is the head as it left train-head. It competes
         # with the trained epochs, so fine-tuning can only keep or improve the validation loss.
@@ -162,9 +149,18 @@ def main() -> None:
             log.info("fine-tune: epoch 0 (the head on the backbone, before any step): val_loss %.4f, "
                      "val_accuracy %.4f", start["loss"], start["accuracy"])
         if cache is not None:
-            train = view_dataset(*train_views, np.eye(len(classes), dtype="float32")[train_labels],
-                                 tune.training.batch_size, seed, tune.augment.flip)
+            train = cache.store.training(hot[train_labels], tune.training.batch_size, seed, tune.augment.flip)
+            store = cache.store
+            log.info("fine-tune: training from the trunk cache in %s, not the photos: %d training images, each drawn "
+                     "as given%s%s; %d validation images%s; the top from %s", store.folder, len(train_labels),
+                     ", mirrored" if tune.augment.flip else "",
+                     f" or as one of {store.copies} augmented copies" if store.copies else "",
+                     store.counts.get("val", 0), " (scored with their mirrors)" if mirror else "", cache.split.first)
         else:
+            why = ("fine_tune.trunk_cache is false" if not tune.trunk_cache else
+                   f"fine_tune.unfreeze = {tune.unfreeze} leaves no layer frozen")
+            log.info("fine-tune: training through the whole backbone on the photos (%s), with fine_tune.augment's "
+                     "random changes every epoch", why)
             train = labelled("train", shuffle_seed=seed)
             augment = augmenter(tune.augment, seed)
             if augment is not None:

@@ -5,10 +5,12 @@ Layout of a feature folder (``data/features/``):
     <split>_labels.npy     [N] int32 class indices
     train_views_*.npy      with features.train_views = K: K augmented copies of each training image, K x N rows
     meta.json              backbone, weights, image size, feature dim, dtype, class names, counts
+    trunk/                 the frozen trunk's output at the fine-tune boundary, for fine-tune (transfer.trunk)
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -19,6 +21,7 @@ import numpy as np
 from transfer.datasets import augmenter, image_dataset
 from transfer.errors import DataError, ParamError
 from transfer.io import atomic_path, read_json, write_json
+from transfer.rows import RowFile
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +98,13 @@ def _local_batches(forward, paths: list[str], image_size: tuple[int, int], batch
         count = int(batch.shape[0])
         if count < batch_size:
             batch = tf.concat([batch, tf.zeros([batch_size - count, *batch.shape[1:]], batch.dtype)], axis=0)
-        features = forward(batch).numpy()[:count]
-        yield np.arange(position, position + count), features
+        yield np.arange(position, position + count), tuple(output.numpy()[:count] for output in _listed(forward(batch)))
         position += count
+
+
+def _listed(outputs) -> list:
+    """A model's outputs as a list, whether it has one or several."""
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
 
 def distributed_forward(extractor, strategy):
@@ -111,8 +118,8 @@ def distributed_forward(extractor, strategy):
 
     @tf.function
     def step(positions, images):
-        local = strategy.run(lambda p, x: (p, extractor(x, training=False)), args=(positions, images))
-        return strategy.gather(local[0], axis=0), strategy.gather(local[1], axis=0)
+        local = strategy.run(lambda p, x: (p, _listed(extractor(x, training=False))), args=(positions, images))
+        return strategy.gather(local[0], axis=0), [strategy.gather(output, axis=0) for output in local[1]]
 
     return step
 
@@ -126,32 +133,38 @@ def _distributed_batches(step, paths: list[str], image_size: tuple[int, int], ba
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     for positions_batch, images in strategy.experimental_distribute_dataset(dataset.with_options(options)):
-        where, features = step(positions_batch, images)
-        yield where.numpy(), features.numpy()
+        where, outputs = step(positions_batch, images)
+        yield where.numpy(), tuple(output.numpy() for output in outputs)
 
 
-def _write_split(batches, out: Path, count: int, dim: int, dtype: str, progress) -> None:
-    """Write ``count`` feature rows, arriving as (positions, features) batches, into a preallocated array on disk.
+def _write_split(batches, targets: list[tuple[RowFile, int]], count: int, progress) -> None:
+    """Write ``count`` rows of each output, arriving as (positions, outputs) batches, into files on disk.
+
+    Args:
+        batches: (positions, one array per output) per batch.
+        targets: per output, the file and the row that position 0 goes to (outputs may share a file: a cache
+            of several views of each image).
 
     Raises:
         RuntimeError: a row was never written or written twice (a distribution bug; nothing is kept).
     """
-    from numpy.lib.format import open_memmap
-
-    if not count:
-        np.save(out, np.zeros((0, dim), dtype=dtype))
-        return
-    array = open_memmap(out, mode="w+", dtype=dtype, shape=(count, dim))
     written = np.zeros(count, dtype=np.int32)
-    for positions, features in batches:
-        array[positions] = features
+    for positions, outputs in batches:
+        for (target, offset), rows in zip(targets, outputs, strict=True):
+            target.write(positions + offset, rows)
         np.add.at(written, positions, 1)
-        progress.update(len(features))
-    array.flush()
-    del array
+        progress.update(len(positions))
     if not (written == 1).all():
-        raise RuntimeError(f"{out.name}: {int((written == 0).sum())} rows missing and {int((written > 1).sum())} "
-                           "written twice; the features are not kept")
+        raise RuntimeError(f"{targets[0][0].path.name}: {int((written == 0).sum())} rows missing and "
+                           f"{int((written > 1).sum())} written twice; the features are not kept")
+
+
+def _array_file(path: Path, shape: tuple[int, ...], dtype: str) -> RowFile | None:
+    """A new row file, or None for one of no rows (written whole here: there is nothing to stream)."""
+    if not shape[0]:
+        np.save(path, np.zeros(shape, dtype=dtype))
+        return None
+    return RowFile.create(path, shape, dtype)
 
 
 def extract_features(
@@ -164,6 +177,7 @@ def extract_features(
     meta: dict[str, Any],
     runtime=None,
     views: tuple[Any, int] | None = None,
+    trunk: Any = None,
 ) -> dict[str, float]:
     """Run the frozen extractor once over every split and write the feature folder, whole or not at all.
 
@@ -180,6 +194,9 @@ def extract_features(
         views: (an extractor that changes each image at random first, K): K copies of the training split
             through it, written as the split ``train_views`` (K x N rows: the first copy of every image, then
             the second...). None or K = 0: none.
+        trunk: a :class:`transfer.trunk.TrunkPlan`, or None: the frozen trunk's output for every training and
+            validation image, its mirror and (training only) its augmented copies, written under ``trunk/`` in
+            the same pass that makes those splits' features (see :mod:`transfer.trunk` for the layout).
 
     Returns:
         {"images": count, "seconds": wall time, "trace_seconds": the part of it spent tracing the forward pass
@@ -191,7 +208,8 @@ def extract_features(
     dim = int(extractor.output_shape[-1])
     copies = views[1] if views else 0
     train_paths, train_labels = splits.get("train", ([], np.zeros(0)))
-    total = sum(len(paths) for paths, _ in splits.values()) + copies * len(train_paths)
+    total = (sum(len(paths) for paths, _ in splits.values()) + copies * len(train_paths)
+             + (trunk.copies * len(train_paths) if trunk else 0))
     start = time.perf_counter()
     distributed = runtime is not None and runtime.distributed
 
@@ -208,21 +226,43 @@ def extract_features(
 
     batches = batcher(extractor)
     changed = batcher(views[0]) if copies else None
+    joint = batcher(trunk.joint) if trunk else None
+    trunk_changed = batcher(trunk.views) if trunk and trunk.copies else None
     streaming = time.perf_counter()
     counts = {split: len(paths) for split, (paths, _) in splits.items()}
-    with atomic_path(target) as staging, tqdm(total=total, unit="img", desc="extract-features") as progress:
+    with (atomic_path(target) as staging, contextlib.ExitStack() as files,
+          tqdm(total=total, unit="img", desc="extract-features") as progress):
         staging.mkdir()
+        if trunk:
+            (staging / trunk.folder).mkdir()
         for split, (paths, labels) in splits.items():
-            _write_split(batches(paths), staging / f"{split}_features.npy", len(paths), dim, dtype, progress)
+            size = len(paths)
+            out = _array_file(staging / f"{split}_features.npy", (size, dim), dtype)
+            if out is not None:
+                files.enter_context(out)
+                targets, source = [(out, 0)], batches
+                if trunk and split in trunk.splits:
+                    # Row v * N + i: view v of image i (0: as given, 1: mirrored, 2...: augmented copies).
+                    cache = files.enter_context(RowFile.create(staging / trunk.folder / f"{split}.npy",
+                                                               (trunk.views_of(split) * size, *trunk.shape), dtype))
+                    targets, source = [(out, 0), (cache, 0), (cache, size)], joint
+                    for copy in range(trunk.copies if split == "train" else 0):
+                        _write_split(trunk_changed(paths), [(cache, (2 + copy) * size)], size, progress)
+                _write_split(source(paths), targets, size, progress)
             np.save(staging / f"{split}_labels.npy", np.asarray(labels, dtype=np.int32))
         if copies:
             # Copy k of image i is row k * N + i; each pass draws new random changes.
             size = len(train_paths)
             rows = ((positions + copy * size, features) for copy in range(copies)
                     for positions, features in changed(train_paths))
-            _write_split(rows, staging / f"{TRAIN_VIEWS}_features.npy", copies * size, dim, dtype, progress)
+            out = _array_file(staging / f"{TRAIN_VIEWS}_features.npy", (copies * size, dim), dtype)
+            if out is not None:
+                with out:
+                    _write_split(rows, [(out, 0)], copies * size, progress)
             np.save(staging / f"{TRAIN_VIEWS}_labels.npy", np.tile(np.asarray(train_labels, np.int32), copies))
             counts[TRAIN_VIEWS] = copies * size
+        if trunk:
+            write_json(staging / trunk.folder / META_FILE, trunk.record(dtype, {s: counts[s] for s in trunk.splits}))
         write_json(
             staging / META_FILE,
             {

@@ -30,6 +30,48 @@ def backbone_of(model):
     return model.get_layer(BACKBONE_LAYER)
 
 
+def unfrozen_from(backbone, unfreeze: int | str) -> int:
+    """The index, among ``backbone``'s layers (its input aside), of the first one ``unfreeze`` trains.
+
+    Args:
+        backbone: the ``keras.applications`` backbone (see :func:`backbone_of`).
+        unfreeze: the number of top layers to train, the name of the first layer to train, or ``"all"``.
+
+    Raises:
+        ParamError: ``unfreeze`` is more layers than the backbone has, or names no layer of it.
+    """
+    layers = _backbone_layers(backbone)
+    if unfreeze == UNFREEZE_ALL:
+        return 0
+    if isinstance(unfreeze, str):
+        names = [layer.name for layer in layers]
+        if unfreeze not in names:
+            examples = ", ".join(names[-12::3])
+            raise ParamError(
+                f"fine_tune.unfreeze = {unfreeze!r} is invalid: expected {UNFREEZE_ALL}, a number of layers "
+                f"(0 to {len(layers)}) or a layer name of this backbone, such as {examples}"
+            )
+        return names.index(unfreeze)
+    if unfreeze > len(layers):
+        raise ParamError(f"fine_tune.unfreeze = {unfreeze} is invalid: this backbone has {len(layers)} layers")
+    return len(layers) - unfreeze
+
+
+def trained_layers(backbone, unfreeze: int | str) -> list[str]:
+    """The names of the backbone layers that :func:`unfreeze_top` trains: from :func:`unfrozen_from` up, every
+    one but BatchNormalization."""
+    import keras
+
+    layers = _backbone_layers(backbone)[unfrozen_from(backbone, unfreeze):]
+    return [layer.name for layer in layers if not isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def _backbone_layers(backbone) -> list:
+    import keras
+
+    return [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
+
+
 def unfreeze_top(model, unfreeze: int | str) -> list[str]:
     """Make the top of the backbone trainable, keeping every BatchNormalization layer of the model frozen.
 
@@ -51,33 +93,16 @@ def unfreeze_top(model, unfreeze: int | str) -> list[str]:
     import keras
 
     backbone = backbone_of(model)
-    layers = [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
-    if unfreeze == UNFREEZE_ALL:
-        start = 0
-    elif isinstance(unfreeze, str):
-        names = [layer.name for layer in layers]
-        if unfreeze not in names:
-            examples = ", ".join(names[-12::3])
-            raise ParamError(
-                f"fine_tune.unfreeze = {unfreeze!r} is invalid: expected {UNFREEZE_ALL}, a number of layers "
-                f"(0 to {len(layers)}) or a layer name of this backbone, such as {examples}"
-            )
-        start = names.index(unfreeze)
-    else:
-        if unfreeze > len(layers):
-            raise ParamError(
-                f"fine_tune.unfreeze = {unfreeze} is invalid: this backbone has {len(layers)} layers"
-            )
-        start = len(layers) - unfreeze
+    start = unfrozen_from(backbone, unfreeze)
     # Not model.trainable = True: that would also unfreeze the fixed preprocessing layers.
     backbone.trainable = True
-    for index, layer in enumerate(layers):
+    for index, layer in enumerate(_backbone_layers(backbone)):
         layer.trainable = index >= start
     model.get_layer(HEAD_LAYER).trainable = True
     for layer in _all_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
-    return [layer.name for layer in layers[start:] if layer.trainable]
+    return trained_layers(backbone, unfreeze)
 
 
 def _all_layers(model):

@@ -284,7 +284,9 @@ class FeatureParams:
         dtype: the stored dtype, ``float16`` or ``float32``.
         mirror: each image's features averaged with its horizontal mirror's, in the cache and in the saved model.
         train_views: augmented copies of each training image extracted besides it, for the head to train on.
-        view_augment: the random changes that make those copies.
+        view_augment: the random changes that make those copies, and the trunk's.
+        trunk_views: augmented copies of each training image put through the frozen trunk, for fine-tune to
+            train on (:mod:`transfer.trunk`).
     """
 
     batch_size: int
@@ -292,6 +294,7 @@ class FeatureParams:
     mirror: bool = False
     train_views: int = 0
     view_augment: AugmentParams | None = None
+    trunk_views: int = 0
 
 
 @dataclass(frozen=True)
@@ -371,15 +374,17 @@ class FineTuneParams:
         unfreeze: top layers to train: a number, a layer name, or ``all``.
         augment: random changes to each training image.
         training: the optimiser, schedule, epochs and early stopping.
-        trunk_cache: run the frozen layers once on every image and its mirror and train the top from that
-            cache (:mod:`transfer.trunk`); random changes other than the flip are then refused.
+        trunk_cache: train the top from the frozen trunk's output that extract-features cached
+            (:mod:`transfer.trunk`); its augmentation is then the cache's (flips, and the copies of
+            ``features.trunk_views``), and ``augment`` other than ``flip`` is not used. False: every epoch through
+            the whole backbone, with ``augment``'s random changes.
         blend: how far the saved weights go from the head's start toward the kept epoch's (1: all the way).
     """
 
     unfreeze: int | str
     augment: AugmentParams
     training: TrainingParams
-    trunk_cache: bool = False
+    trunk_cache: bool = True
     blend: float = 1.0
 
 
@@ -453,6 +458,7 @@ def read_features(params: Params) -> FeatureParams:
         mirror=params.bool("features.mirror"),
         train_views=params.int("features.train_views", minimum=0, maximum=MAX_TRAIN_VIEWS),
         view_augment=read_augment(params, "features.view_augment"),
+        trunk_views=params.int("features.trunk_views", minimum=0, maximum=MAX_TRAIN_VIEWS),
     )
 
 
@@ -493,7 +499,8 @@ def read_head(params: Params) -> HeadParams:
     )
 
 
-def read_fine_tune(params: Params) -> FineTuneParams:
+def read_unfreeze(params: Params) -> int | str:
+    """``fine_tune.unfreeze``: read by fine-tune, and by extract-features, which cuts the trunk cache there."""
     unfreeze = params.value("fine_tune.unfreeze")
     if isinstance(unfreeze, float) and unfreeze.is_integer():
         unfreeze = int(unfreeze)
@@ -502,17 +509,13 @@ def read_fine_tune(params: Params) -> FineTuneParams:
     ):
         raise params.fail("fine_tune.unfreeze", unfreeze,
                           f"{UNFREEZE_ALL}, a number of top layers >= 0, or a layer name")
+    return unfreeze
+
+
+def read_fine_tune(params: Params) -> FineTuneParams:
+    unfreeze = read_unfreeze(params)
     augment = read_augment(params, "fine_tune.augment")
     trunk_cache = params.bool("fine_tune.trunk_cache")
-    if trunk_cache:
-        changing = [f"fine_tune.augment.{name} = {getattr(augment, name)}" for name in
-                    ("rotation", "zoom", "contrast", "brightness") if getattr(augment, name)]
-        if changing:
-            raise ParamError(
-                f"{params.source}: fine_tune.trunk_cache = true is invalid with {', '.join(changing)}: the cached "
-                "trunk sees each image only as given and mirrored; set those to 0 (flip may stay), or "
-                "fine_tune.trunk_cache to false"
-            )
     return FineTuneParams(unfreeze=unfreeze, augment=augment, trunk_cache=trunk_cache,
                           training=read_training(params, "fine_tune", min_epochs=0),
                           blend=params.number("fine_tune.blend", 0.0, 1.0))

@@ -1,22 +1,40 @@
-"""Fine-tuning epochs that cost only the unfrozen layers (``fine_tune.trunk_cache``).
+"""The cache reaches fine-tuning: the frozen trunk runs once, in extract-features, and fine-tune trains the top.
 
-Below the unfreeze boundary the backbone is frozen, and when the images come with no random augmentation
-but mirroring, it sees the same inputs every epoch. :func:`split_backbone` cuts the backbone where one
-tensor separates the frozen trunk from the trained top; the stage runs the trunk once on every image and on
-its mirror, and trains the top from those cached tensors. The top is rebuilt on the backbone's own layer
-objects, so training it trains the full model, which is what gets scored and saved.
+Below the fine-tune boundary (``fine_tune.unfreeze``) the backbone is frozen, so what it makes of an image never
+changes. :func:`split_backbone` cuts the backbone where one tensor separates the frozen trunk from the trained
+top. extract-features runs the trunk on every training and validation image and on its mirror, in the same
+pass that makes their pooled features (the pooled features are the top's output on those tensors), and on
+``features.trunk_views`` augmented copies of each training image; fine-tune then trains the top from that cache,
+streamed from disk. The top is rebuilt on the backbone's own layer objects, so training it trains the full
+model, which is what gets scored and saved.
+
+Layout (``data/features/trunk/``):
+    train.npy   [(2 + K) x N, *shape]: row v * N + i is view v of training image i (0: as given, 1: mirrored,
+                2..: the augmented copies, drawn with features.view_augment)
+    val.npy     [2 x N, *shape]: each validation image as given, then mirrored
+    meta.json   the boundary (fine_tune.unfreeze and the top's first layer), the backbone's digest, the image
+                size, shape, dtype, K and counts: fine-tune refuses a cache that its params did not make
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from transfer.errors import ParamError
+from transfer.errors import DataError, ParamError
+from transfer.io import read_json
+from transfer.rows import RowFile
 
-# The most the cached trunk outputs may hold in memory, all splits and both views together.
-MAX_CACHE_BYTES = 6 * 1024**3
+TRUNK_FOLDER = "trunk"
+TRUNK_SPLITS = ("train", "val")
+META_FILE = "meta.json"
+# What the disk must keep free beyond the cache itself, for everything else a run writes.
+DISK_MARGIN = 1.1
 
 
 @dataclass
@@ -71,35 +89,6 @@ def split_backbone(backbone, first_trained: str) -> Split:
     return Split(trunk=trunk, top=top, first=names[start])
 
 
-def trunk_on_images(split: Split, single_view, preprocessing: str):
-    """Raw images in, the trunk's output out: ``single_view``'s own resizing, the backbone's preprocessing, the
-    trunk. What :func:`run_trunk` runs to fill the cache."""
-    import keras
-
-    from transfer.backbones import preprocess
-
-    inputs = keras.Input((None, None, 3), name="image")
-    resized = single_view.get_layer("resize")(inputs)
-    return keras.Model(inputs, split.trunk(preprocess(resized, preprocessing), training=False),
-                       name="trunk_on_images")
-
-
-def check_cache_size(images: int, shape: tuple[int, ...], itemsize: int) -> int:
-    """The bytes the cache of ``images`` images (two views each) will take.
-
-    Raises:
-        ParamError: more than :data:`MAX_CACHE_BYTES`.
-    """
-    size = 2 * images * int(np.prod(shape)) * itemsize
-    if size > MAX_CACHE_BYTES:
-        raise ParamError(
-            f"fine_tune.trunk_cache = true is invalid here: the trunk's output for {images} images, given and "
-            f"mirrored ({list(shape)} each), would take {size / 1024**3:.1f} GiB, over "
-            f"{MAX_CACHE_BYTES / 1024**3:.0f}; unfreeze fewer layers, or set fine_tune.trunk_cache to false"
-        )
-    return size
-
-
 def classifiers(split: Split, head, mirror: bool):
     """(trained, scorer): the top plus head on one cached view, and the scorer that validates the full model
     from the cache: both views averaged when ``mirror`` (the saved model's own mirror averaging), else one."""
@@ -118,43 +107,220 @@ def classifiers(split: Split, head, mirror: bool):
     return trained, keras.Model([given, mirrored], head(averaged), name="top_scorer")
 
 
-def run_trunk(trunk_on_images, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """The trunk's output for each image of ``dataset`` (batches of images, in order) and for its mirror.
 
-    Both views go through one traced call as one batch, and the last, smaller batch is padded to the full
-    size, so the trunk is traced once (as extraction does, see :func:`transfer.features.compiled_forward`).
+
+def trunk_on_images(split: Split, single_view, preprocessing: str):
+    """Raw images in, the trunk's output out: ``single_view``'s own resizing, the backbone's preprocessing, the
+    trunk."""
+    import keras
+
+    from transfer.backbones import preprocess
+
+    inputs = keras.Input((None, None, 3), name="image")
+    resized = single_view.get_layer("resize")(inputs)
+    return keras.Model(inputs, split.trunk(preprocess(resized, preprocessing), training=False),
+                       name="trunk_on_images")
+
+
+def joint_extractor(split: Split, single_view, preprocessing: str, mirror: bool):
+    """Raw images in; (pooled features, the trunk's output on each image, on its mirror) out, in one pass.
+
+    The pooled features are the top's output on the trunk's, so they are the extractor's features (averaged
+    with the mirror's when ``mirror``, as :func:`transfer.backbones.build_views` averages them): the trunk
+    cache costs extraction no forward pass of its own, only the writing.
     """
-    import tensorflow as tf
+    import keras
 
-    forward = tf.function(lambda images: trunk_on_images(tf.concat([images, tf.reverse(images, axis=[2])], 0),
-                                                         training=False), reduce_retracing=True)
-    given, mirrored, full = [], [], None
-    for images in dataset:
-        count = int(images.shape[0])
-        full = full or count
-        if count < full:
-            images = tf.concat([images, tf.zeros([full - count, *images.shape[1:]], images.dtype)], axis=0)
-        both = forward(images).numpy()  # the batch as given (padded), then its mirror
-        size = int(images.shape[0])
-        given.append(both[:count])
-        mirrored.append(both[size:size + count])
-    return np.concatenate(given), np.concatenate(mirrored)
+    from transfer.backbones import MIRROR_LAYER, preprocess
+
+    inputs = keras.Input((None, None, 3), name="image")
+    x = preprocess(single_view.get_layer("resize")(inputs), preprocessing)
+    both = split.trunk(keras.ops.concatenate([x, keras.ops.flip(x, axis=2)], axis=0), training=False)
+    given, mirrored = keras.ops.split(both, 2, axis=0)
+    pooled_given, pooled_mirrored = keras.ops.split(split.top(both, training=False), 2, axis=0)
+    pooled = keras.layers.Average(name=MIRROR_LAYER)([pooled_given, pooled_mirrored]) if mirror else pooled_given
+    return keras.Model(inputs, [pooled, given, mirrored], name="features_and_trunk")
 
 
-def view_dataset(given: np.ndarray, mirrored: np.ndarray, targets: np.ndarray, batch_size: int, seed: int,
-                 flip: bool):
-    """Training batches from the cache: each epoch reshuffled, and each image as given or mirrored at random
-    (seeded) when ``flip``: the random horizontal flip, applied before the trunk instead of inside the epoch."""
-    import tensorflow as tf
+def boundary_layer(backbone, unfreeze: int | str) -> str | None:
+    """The layer where the trained top begins for ``fine_tune.unfreeze`` (the first layer it trains; the last
+    one when it trains none of the backbone), or None when nothing below it stays frozen."""
+    from transfer.models import trained_layers, unfrozen_from
 
-    from transfer.datasets import steady
+    if unfrozen_from(backbone, unfreeze) == 0:
+        return None
+    trained = trained_layers(backbone, unfreeze)
+    return trained[0] if trained else backbone.operations[-1].name
 
-    dataset = tf.data.Dataset.from_tensor_slices((given, mirrored, targets))
-    dataset = dataset.shuffle(len(targets), seed=seed, reshuffle_each_iteration=True)
-    if flip:
-        coins = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        dataset = tf.data.Dataset.zip(dataset, coins).map(
-            lambda views, coin: (tf.where(coin % 2 == 0, views[0], views[1]), views[2]))
-    else:
-        dataset = dataset.map(lambda a, b, y: (a, y))
-    return steady(dataset.batch(batch_size))
+
+@dataclass
+class TrunkPlan:
+    """What extract-features writes under ``trunk/`` (see the module's layout), and the models that make it.
+
+    Attributes:
+        joint: raw images to (pooled features, trunk output, trunk output of the mirror): see
+            :func:`joint_extractor`.
+        views: raw images to the trunk's output on a randomly changed copy (a new draw each call), or None.
+        copies: K, the augmented copies of each training image.
+        shape: the trunk's output shape for one image.
+        facts: what the cache records of how it was made (the boundary, the backbone's digest, the size).
+    """
+
+    joint: Any
+    views: Any
+    copies: int
+    shape: tuple[int, ...]
+    facts: dict = field(default_factory=dict)
+    folder: str = TRUNK_FOLDER
+    splits: tuple[str, ...] = TRUNK_SPLITS
+
+    def views_of(self, split: str) -> int:
+        """Rows per image in ``split``'s file: as given, mirrored, and (training only) the copies."""
+        return 2 + (self.copies if split == "train" else 0)
+
+    def bytes_for(self, counts: dict[str, int], dtype: str) -> int:
+        row = int(np.prod(self.shape)) * np.dtype(dtype).itemsize
+        return sum(self.views_of(split) * counts.get(split, 0) * row for split in self.splits)
+
+    def record(self, dtype: str, counts: dict[str, int]) -> dict:
+        return {**self.facts, "shape": list(self.shape), "dtype": dtype, "copies": self.copies, "counts": counts,
+                "views": ["given", "mirrored", *(f"augmented_{k + 1}" for k in range(self.copies))]}
+
+
+def plan_trunk(single_view, preprocessing: str, unfreeze: int | str, mirror: bool, copies: int, augment,
+               seed: int, facts: dict) -> tuple[TrunkPlan | None, str]:
+    """The trunk cache extract-features writes for ``fine_tune.unfreeze``, or None, with a line that says which.
+
+    None when nothing is frozen (``unfreeze: all``, or every layer counted) or when ``unfreeze`` does not fit
+    this backbone (fine-tune says so if it trains).
+    """
+    from transfer.features import changing_extractor
+    from transfer.models import backbone_of
+
+    backbone = backbone_of(single_view)
+    try:
+        first = boundary_layer(backbone, unfreeze)
+    except ParamError as error:
+        return None, f"no trunk cache: {error}"
+    if first is None:
+        return None, f"no trunk cache: fine_tune.unfreeze = {unfreeze} leaves no layer frozen"
+    split = split_backbone(backbone, first)
+    joint = joint_extractor(split, single_view, preprocessing, mirror)
+    views = None
+    if copies:
+        views = changing_extractor(trunk_on_images(split, single_view, preprocessing), augment, seed)
+    shape = tuple(int(side) for side in split.trunk.output.shape[1:])
+    plan = TrunkPlan(joint=joint, views=views, copies=copies, shape=shape,
+                     facts={**facts, "unfreeze": unfreeze, "first_layer": split.first})
+    return plan, (f"the frozen trunk (below {split.first}, output {list(shape)}) for every training and validation "
+                  f"image and its mirror, and {copies} augmented cop{'y' if copies == 1 else 'ies'} of each training "
+                  "image")
+
+
+def check_disk(folder: Path, needed: int) -> None:
+    """Refuse, before any work, a trunk cache that the disk under ``folder`` cannot hold.
+
+    Raises:
+        DataError: naming the size, the free space and the ways out.
+    """
+    probe = Path(folder).resolve()
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needed * DISK_MARGIN > free:
+        raise DataError(
+            f"the trunk cache for fine-tuning would take {needed / 1024**3:.1f} GiB and {probe} has "
+            f"{free / 1024**3:.1f} GiB free; free some space, lower features.trunk_views, unfreeze fewer layers "
+            "(fine_tune.unfreeze: the boundary sits higher, where the output is smaller), or set "
+            "features.dtype: float16"
+        )
+
+
+class TrunkCache:
+    """Read access to ``trunk/`` of a feature folder: fine-tune's training and validation inputs, from disk.
+
+    Batches are read a few rows at a time (:class:`transfer.rows.RowFile`), so memory does not grow with the
+    number of photos.
+    """
+
+    def __init__(self, features: Path):
+        self.folder = Path(features) / TRUNK_FOLDER
+        if not (self.folder / META_FILE).is_file():
+            raise DataError(
+                f"{self.folder} holds no trunk cache, which fine_tune.trunk_cache: true trains from (extract-features "
+                "writes it when fine_tune.unfreeze leaves layers frozen); `dvc repro` makes it, or set "
+                "fine_tune.trunk_cache: false to train through the whole backbone")
+        self.meta = read_json(self.folder / META_FILE)
+        self.shape = tuple(self.meta["shape"])
+        self.copies = int(self.meta["copies"])
+        self.counts = {split: int(count) for split, count in self.meta["counts"].items()}
+
+    def check(self, unfreeze: int | str, first: str, digest: str, shape: tuple[int, ...]) -> None:
+        """Refuse, in one line, a cache made for another boundary or backbone than fine-tune's."""
+        made = (self.meta.get("unfreeze"), self.meta.get("first_layer"))
+        if made != (unfreeze, first):
+            raise DataError(
+                f"{self.folder} was made for fine_tune.unfreeze = {made[0]} (the top from {made[1]}), not "
+                f"{unfreeze} (from {first}); `dvc repro` re-runs extract-features, which reads fine_tune.unfreeze")
+        if self.meta.get("backbone_sha256") != digest:
+            raise DataError(f"{self.folder} was made by other backbone weights than fine-tune's; `dvc repro` "
+                            "re-extracts (it sees a change in weights or inputs/weights)")
+        if self.shape != tuple(shape):
+            raise DataError(f"{self.folder} holds trunk outputs of shape {list(self.shape)}, but this backbone's "
+                            f"trunk gives {list(shape)}; `dvc repro` re-extracts")
+
+    def _rows(self, split: str) -> RowFile:
+        return RowFile.open(self.folder / f"{split}.npy")
+
+    def training(self, targets: np.ndarray, batch_size: int, seed: int, flip: bool):
+        """Training batches, each epoch reshuffled and each image drawn as one of its views, seeded: as given,
+        mirrored (when ``flip``), or one of its augmented copies."""
+        import tensorflow as tf
+
+        from transfer.datasets import steady
+
+        rows, count = self._rows("train"), self.counts["train"]
+        choices = np.array([0, *([1] if flip else []), *range(2, 2 + self.copies)])
+        epochs = itertools.count()
+        targets = np.asarray(targets, np.float32)
+
+        def batches():
+            draw = np.random.default_rng([seed, next(epochs)])
+            order = draw.permutation(count)
+            view = choices[draw.integers(0, len(choices), count)]
+            for start in range(0, count, batch_size):
+                images = order[start:start + batch_size]
+                yield rows.read(view[start:start + batch_size] * count + images).astype(np.float32), targets[images]
+
+        return steady(tf.data.Dataset.from_generator(batches, output_signature=self._signature(targets, 1)))
+
+    def validation(self, targets: np.ndarray, batch_size: int, mirror: bool):
+        """Validation batches in order: each image as given and mirrored (for the mirror-averaging scorer) when
+        ``mirror``, else as given; None when there is no validation image."""
+        import tensorflow as tf
+
+        from transfer.datasets import steady
+
+        count = self.counts.get("val", 0)
+        if not count:
+            return None
+        rows, targets = self._rows("val"), np.asarray(targets, np.float32)
+
+        def batches():
+            for start in range(0, count, batch_size):
+                stop = min(start + batch_size, count)
+                given = rows.read_range(start, stop).astype(np.float32)
+                if mirror:
+                    yield (given, rows.read_range(count + start, count + stop).astype(np.float32)), targets[start:stop]
+                else:
+                    yield given, targets[start:stop]
+
+        return steady(tf.data.Dataset.from_generator(batches, output_signature=self._signature(targets,
+                                                                                               2 if mirror else 1)))
+
+    def _signature(self, targets: np.ndarray, inputs: int):
+        import tensorflow as tf
+
+        image = tf.TensorSpec((None, *self.shape), tf.float32)
+        label = tf.TensorSpec((None, targets.shape[1]), tf.float32)
+        return ((image, image) if inputs == 2 else image), label
