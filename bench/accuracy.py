@@ -53,9 +53,12 @@ LEVERS: dict[str, dict[str, object]] = {
                                        "fine_tune.augment.brightness": 0.0},
     "lr_1e-4": {"fine_tune.lr": 0.0001},
     "5_epochs_not_15": {"fine_tune.epochs": 5},
-    # fine_tune.trunk_cache: the frozen trunk once, epochs on the top only; flips are its only augmentation.
-    "trunk_cache": {"fine_tune.trunk_cache": True, "fine_tune.augment.rotation": 0.0, "fine_tune.augment.zoom": 0.0,
-                    "fine_tune.augment.contrast": 0.0, "fine_tune.augment.brightness": 0.0},
+    # Every fine-tune epoch through the whole backbone on the photos, with fresh random changes (the default
+    # before the trunk cache reached fine-tuning).
+    "whole_backbone_not_trunk_cache": {"fine_tune.trunk_cache": False},
+    # The augmented copies of each training image in the trunk cache (features.trunk_views, default 2).
+    "trunk_views_0": {"features.trunk_views": 0},
+    "trunk_views_4": {"features.trunk_views": 4},
     "unfreeze_40_not_20": {"fine_tune.unfreeze": 40},
     "30_epochs_not_15": {"fine_tune.epochs": 30},
     "lr_1e-3": {"fine_tune.lr": 0.001},

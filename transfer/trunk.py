@@ -275,10 +275,6 @@ class TrunkCache:
     def training(self, targets: np.ndarray, batch_size: int, seed: int, flip: bool):
         """Training batches, each epoch reshuffled and each image drawn as one of its views, seeded: as given,
         mirrored (when ``flip``), or one of its augmented copies."""
-        import tensorflow as tf
-
-        from transfer.datasets import steady
-
         rows, count = self._rows("train"), self.counts["train"]
         choices = np.array([0, *([1] if flip else []), *range(2, 2 + self.copies)])
         epochs = itertools.count()
@@ -292,15 +288,11 @@ class TrunkCache:
                 images = order[start:start + batch_size]
                 yield rows.read(view[start:start + batch_size] * count + images).astype(np.float32), targets[images]
 
-        return steady(tf.data.Dataset.from_generator(batches, output_signature=self._signature(targets, 1)))
+        return self._dataset(batches, targets, 1, count, batch_size)
 
     def validation(self, targets: np.ndarray, batch_size: int, mirror: bool):
         """Validation batches in order: each image as given and mirrored (for the mirror-averaging scorer) when
         ``mirror``, else as given; None when there is no validation image."""
-        import tensorflow as tf
-
-        from transfer.datasets import steady
-
         count = self.counts.get("val", 0)
         if not count:
             return None
@@ -315,12 +307,15 @@ class TrunkCache:
                 else:
                     yield given, targets[start:stop]
 
-        return steady(tf.data.Dataset.from_generator(batches, output_signature=self._signature(targets,
-                                                                                               2 if mirror else 1)))
+        return self._dataset(batches, targets, 2 if mirror else 1, count, batch_size)
 
-    def _signature(self, targets: np.ndarray, inputs: int):
+    def _dataset(self, batches, targets: np.ndarray, inputs: int, count: int, batch_size: int):
+        """``batches`` as a ``tf.data`` dataset that knows its length (Keras then knows an epoch's steps)."""
         import tensorflow as tf
 
+        from transfer.datasets import steady
+
         image = tf.TensorSpec((None, *self.shape), tf.float32)
-        label = tf.TensorSpec((None, targets.shape[1]), tf.float32)
-        return ((image, image) if inputs == 2 else image), label
+        signature = ((image, image) if inputs == 2 else image), tf.TensorSpec((None, targets.shape[1]), tf.float32)
+        dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+        return steady(dataset.apply(tf.data.experimental.assert_cardinality(-(-count // batch_size))))
