@@ -185,16 +185,17 @@ def test_a_weights_file_must_be_in_the_folder_dvc_watches(params_tree, monkeypat
     assert input_file("k", "inputs/weights/w.h5", WEIGHTS_FOLDER) == tmp_path / "inputs/weights/w.h5"
 
 
-def test_a_cached_trunk_refuses_augmentation_it_cannot_apply(params_tree):
-    from transfer.params import read_fine_tune
+def test_the_trunk_cache_is_the_default_and_takes_any_augmentation_params(params_tree):
+    """With the cache, fine_tune.augment's changes other than the flip are not used (the cache's copies carry
+    features.view_augment's), so they are no reason to refuse it."""
+    from transfer.params import read_features, read_fine_tune
 
-    params_tree["fine_tune"]["trunk_cache"] = True
-    params_tree["fine_tune"]["augment"].update(rotation=0.05, zoom=0.0, contrast=0.1, brightness=0.0)
-    with pytest.raises(ParamError, match=r"fine_tune.trunk_cache = true is invalid with fine_tune.augment.rotation "
-                                         r"= 0.05, fine_tune.augment.contrast = 0.1: "):
-        read_fine_tune(Params(params_tree))
-    params_tree["fine_tune"]["augment"].update(rotation=0.0, contrast=0.0)
+    assert read_fine_tune(Params(params_tree)).trunk_cache and read_features(Params(params_tree)).trunk_views == 2
+    params_tree["fine_tune"]["augment"].update(rotation=0.05, contrast=0.1)
     assert read_fine_tune(Params(params_tree)).trunk_cache
+    params_tree["features"]["trunk_views"] = 33
+    with pytest.raises(ParamError, match=r"features.trunk_views"):
+        read_features(Params(params_tree))
 
 
 def test_grad_cam_on_a_backbone_that_flattens_its_maps_is_refused_before_any_work(params_tree):
@@ -253,6 +254,7 @@ def test_params_rewritten_by_dvc_set_param_read_as_dvc_reads_them(default_params
         "features.batch_size": read_features(params).batch_size,
         "features.mirror": read_features(params).mirror,
         "features.train_views": read_features(params).train_views,
+        "features.trunk_views": read_features(params).trunk_views,
     }
     head, tune = read_head(params), read_fine_tune(params)
     sections = {"head": asdict(head.training), "fine_tune": asdict(tune.training),
