@@ -44,7 +44,9 @@ from transfer.io import read_csv  # noqa: E402
 CAPTURED = "epoch_probabilities.npz"
 # Params under which the stage scores validation once per epoch with the whole classifier on photos, which
 # is what the capture wraps: mirror averaging on (the classifier scores in place of the trained single view),
-# no trunk cache (its scorer takes the trunk's output, not photos), no blend (it scores once more).
+# no trunk cache (its scorer takes the trunk's output, not photos), no blend (it scores once more). They are set
+# on every run: since the trunk cache became the default, this bench measures the whole-backbone fine-tune
+# (fine_tune.trunk_cache: false), the recipe its records were made with.
 NEEDED = {"features.mirror": True, "fine_tune.trunk_cache": False, "fine_tune.blend": 1.0}
 # The classifier ends in a softmax, so Keras computes its loss from the logits, never clipping a probability at
 # its epsilon (1e-7): with label smoothing every class's log-probability counts, a head's far smaller ones too.
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             per_seed = {}
             for seed in range(args.seeds):
                 repo = make_pipeline_repo(args.work / backbone / f"seed{seed}",
-                                          {**base, **overrides, "backbone": backbone, "seed": seed})
+                                          {**NEEDED, **base, **overrides, "backbone": backbone, "seed": seed})
                 per_seed[seed] = measure(repo, args.probabilities, f"{backbone}_seed{seed}")
                 print(f"{backbone} seed {seed}: {json.dumps(per_seed[seed]['picks'])}", flush=True)
                 results["backbones"][backbone] = {"params": overrides, "per_seed": per_seed,

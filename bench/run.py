@@ -47,7 +47,14 @@ TARGETS = {
     "finetune_epoch_vs_forward": None,
     # fine_tune.trunk_cache: an epoch trains the top from the trunk's cached output (issue target: <= 0.5).
     "finetune_epoch_vs_forward_cached_trunk": ("<=", 0.5),
-    "trunk_cache_vs_forward": None,  # making that cache, once: both views of every training image
+    # Extracting the training images with the trunk cache (both views, their pooled features too): the cache's
+    # share of extract-features.
+    "trunk_cache_vs_forward": None,
+    # Default params (the model's default size, fine-tune on, from the trunk cache): an experiment on the head,
+    # and one on fine-tuning, each against one TensorFlow import; fine-tune's peak memory with 4 times the photos.
+    "head_exp_default_vs_tf_import": ("<=", 8.0),
+    "finetune_exp_vs_tf_import": ("<=", 6.0),
+    "finetune_rss_4x_vs_1x": ("<=", 1.2),
     "extract_vs_forward_efficientnetb0": None,  # the same ratio on a backbone 8x costlier per image
 }
 
@@ -91,6 +98,90 @@ def pipeline_ratios(repo: Path) -> dict:
     tf_import = min(timed([sys.executable, "-c", "import tensorflow"], repo) for _ in range(3))
     return {"full_run_s": full, "noop_repro_s": noop, "head_exp_s": head_exp,
             "head_exp_inside_stages_s": sum(stage_s.values()), **stage_s, "tf_import_s": tf_import}
+
+
+def default_pipeline_ratios(work: Path, settings: dict, generated: bool) -> dict:
+    """Wall times of a head experiment and a fine-tune experiment on a pipeline with default params (only the
+    source, backbone and weights set; generated images keep their small size), and fine-tune's peak memory."""
+    chosen = {key: value for key, value in settings.items() if key != "image_size" or generated}
+    repo = make_pipeline_repo(work / "default", chosen)
+    run(["dvc", "repro"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "baseline"], repo)
+    head_exp = timed(["dvc", "exp", "run", "-S", "head.lr=0.002"], repo)
+    head_stages = _stage_seconds(repo, ("train-head", "fine-tune", "evaluate"))
+    finetune_exp = timed(["dvc", "exp", "run", "-S", "fine_tune.lr=0.0002"], repo)
+    finetune_stages = _stage_seconds(repo, ("fine-tune", "evaluate"))
+    rss = {f"finetune_rss_{times}x_kib": finetune_peak_rss_kib(repo, work / f"cache{times}x", times)
+           for times in (1, 4)}
+    return {"default_head_exp_s": head_exp, **{f"default_head_exp_{k}": v for k, v in head_stages.items()},
+            "finetune_exp_s": finetune_exp, **{f"finetune_exp_{k}": v for k, v in finetune_stages.items()}, **rss}
+
+
+def _stage_seconds(repo: Path, stages: tuple[str, ...]) -> dict[str, float]:
+    """Each stage's own wall time, as it records it."""
+    timings = repo / "reports/timings"
+    return {f"{stage.replace('-', '_')}_s": json.loads((timings / f"{stage}.json").read_text())["seconds"]
+            for stage in stages}
+
+
+FINETUNE_RSS_SCRIPT = """
+import resource, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from transfer.backbones import build_views, resolve
+from transfer.heads import build_head
+from transfer.models import assemble_classifier, backbone_of, unfreeze_top
+from transfer.params import Params, read_backbone, read_fine_tune
+from transfer.training import compile_with, fit
+from transfer.trunk import TrunkCache, boundary_layer, classifiers, split_backbone
+params = Params.load(Path(sys.argv[2]) / "params.yaml")
+choice, tune = resolve(read_backbone(params)), read_fine_tune(params)
+cache = TrunkCache(Path(sys.argv[3]))
+labels = np.load(Path(sys.argv[3]) / "train_labels.npy")
+classes = int(labels.max()) + 1
+extractor, single = build_views(choice, True)
+head = build_head(int(extractor.output_shape[-1]), classes, (), 0.5, False)
+model = assemble_classifier(extractor, head)
+unfreeze_top(model, tune.unfreeze)
+cut = split_backbone(backbone_of(single), boundary_layer(backbone_of(model), tune.unfreeze))
+trained, scorer = classifiers(cut, head, mirror=True)
+training = tune.training.__class__(**{**tune.training.__dict__, "epochs": 2})
+compile_with(trained, training, len(labels))
+compile_with(scorer, training, len(labels))
+hot = np.eye(classes, dtype="float32")
+fit(trained, cache.training(hot[labels], training.batch_size, 0, True),
+    cache.validation(hot[np.load(Path(sys.argv[3]) / "val_labels.npy")], training.batch_size, True), training, None,
+    scorer=scorer)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def finetune_peak_rss_kib(repo: Path, folder: Path, times: int) -> int:
+    """Peak resident memory of a fresh process fine-tuning (two epochs, as the stage trains) from the repository's
+    trunk cache with its training images repeated ``times`` over (each view's rows tiled)."""
+    import numpy as np
+
+    from transfer.rows import RowFile
+
+    features = repo / "data/features"
+    (folder / "trunk").mkdir(parents=True)
+    meta = json.loads((features / "trunk/meta.json").read_text())
+    count, views = meta["counts"]["train"], 2 + meta["copies"]
+    with RowFile.open(features / "trunk/train.npy") as rows, \
+            RowFile.create(folder / "trunk/train.npy", (views * count * times, *rows.row_shape), meta["dtype"]) as out:
+        for view in range(views):
+            block = rows.read_range(view * count, (view + 1) * count)
+            for copy in range(times):
+                out.write(np.arange(count) + (view * times + copy) * count, block)
+    (folder / "trunk/val.npy").write_bytes((features / "trunk/val.npy").read_bytes())
+    (folder / "trunk/meta.json").write_text(json.dumps({**meta, "counts": {**meta["counts"], "train": count * times}}))
+    np.save(folder / "train_labels.npy", np.tile(np.load(features / "train_labels.npy"), times))
+    np.save(folder / "val_labels.npy", np.load(features / "val_labels.npy"))
+    result = subprocess.run([sys.executable, "-c", FINETUNE_RSS_SCRIPT, str(ROOT), str(repo), str(folder)],
+                            capture_output=True, text=True, check=True)
+    return int(result.stdout.strip().splitlines()[-1])
 
 
 RSS_SCRIPT = """
@@ -189,7 +280,7 @@ def in_process_ratios(repo: Path, epochs: int, quick: bool) -> dict:
     os.chdir(repo)
     from transfer.backbones import build_feature_extractor, resolve
     from transfer.datasets import image_dataset, read_classes, read_split
-    from transfer.features import FeatureStore
+    from transfer.features import FeatureStore, extract_features
     from transfer.heads import build_head
     from transfer.layout import FEATURES, RAW, SPLITS
     from transfer.models import assemble_classifier, unfreeze_top
@@ -248,24 +339,27 @@ def in_process_ratios(repo: Path, epochs: int, quick: bool) -> dict:
     tuned.fit(image_dataset(train_paths, choice.image_size, 32, train_labels, len(classes), shuffle_seed=0),
               epochs=2, verbose=0, callbacks=[fine.callback])
 
-    # 4. The same fine-tune with fine_tune.trunk_cache: the frozen trunk once (both views), then top-only epochs.
+    # 4. The same fine-tune from the trunk cache: extraction writes the trunk's output (both views of every
+    # training image) in its pass, then the epochs train the top alone, streamed from that cache on disk.
     from transfer.backbones import build_views
     from transfer.models import backbone_of
-    from transfer.trunk import classifiers, run_trunk, split_backbone, trunk_on_images, view_dataset
+    from transfer.trunk import TrunkCache, classifiers, plan_trunk, split_backbone
 
     set_determinism(0)
     views, single = build_views(choice, True)
     head = build_head(features.shape[1], len(classes), (), 0.2, False)
-    cut = split_backbone(backbone_of(single), unfreeze_top(assemble_classifier(views, head), 20)[0])
-    on_images = trunk_on_images(cut, single, choice.spec.preprocessing)
+    plan, _ = plan_trunk(single, choice.spec.preprocessing, 20, True, 0, None, 0, {})
+    cut = split_backbone(backbone_of(single), plan.facts["first_layer"])
     trained, _ = classifiers(cut, head, mirror=True)
     compile_for_training(trained, 1e-5, 0.0)
-    start = time.perf_counter()
-    given, mirrored = run_trunk(on_images, image_dataset(train_paths, choice.image_size, 32))
-    trunk_cache_s = time.perf_counter() - start
-    top_only = _EpochTimer()
-    trained.fit(view_dataset(given, mirrored, hot[train_labels], 32, seed=0, flip=True), epochs=3, verbose=0,
-                callbacks=[top_only.callback])
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        extract_features(views, choice.image_size, {"train": (train_paths, train_labels)}, Path(out) / "features",
+                         32, "float16", {}, trunk=plan)
+        trunk_cache_s = time.perf_counter() - start
+        top_only = _EpochTimer()
+        trained.fit(TrunkCache(Path(out) / "features").training(hot[train_labels], 32, seed=0, flip=True), epochs=3,
+                    verbose=0, callbacks=[top_only.callback])
     return {
         "images": len(paths),
         **pace,
@@ -293,6 +387,9 @@ def ratios(raw: dict, rss_1x: int, rss_4x: int) -> dict[str, float]:
         "finetune_epoch_vs_forward_cached_trunk": raw["cached_trunk_epoch_s"] / raw["forward_s"],
         "trunk_cache_vs_forward": raw["trunk_cache_s"] / raw["forward_s"],
         "extract_vs_forward_efficientnetb0": statistics.median(raw["efficientnetb0_extract_vs_forward_rounds"]),
+        "head_exp_default_vs_tf_import": raw["default_head_exp_s"] / raw["tf_import_s"],
+        "finetune_exp_vs_tf_import": raw["finetune_exp_s"] / raw["tf_import_s"],
+        "finetune_rss_4x_vs_1x": raw["finetune_rss_4x_kib"] / raw["finetune_rss_1x_kib"],
     }
 
 
@@ -321,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         name, settings = dataset(work, args.generated)
         repo = make_pipeline_repo(work / "repo", {**settings, "fine_tune.epochs": 0, "head.epochs": 30})
         raw = pipeline_ratios(repo)
+        raw.update(default_pipeline_ratios(work, settings, args.generated))
         raw.update(in_process_ratios(repo, epochs, quick=args.quick))
         paths_file = work / "paths.json"
         paths = sorted(str(path) for path in (repo / "data/raw").rglob("*") if path.is_file())

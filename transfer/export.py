@@ -6,7 +6,8 @@ mobile runtimes fast). The class names go beside each export in ``<name>.classes
 is put in place, its predictions on real images are compared with the Keras model's: a float export whose
 top-1 agreement is below :data:`MIN_FLOAT_AGREEMENT` is refused; an int8 one is reported. A swap of the two
 classes the Keras model itself ranks first and second, within :data:`NEAR_TIE` of each other, with no probability
-moved by as much, counts as agreeing: float16 rounding moves probabilities by a few hundredths, enough to swap classes that close.
+moved by as much, counts as agreeing: float16 rounding moves probabilities by a few hundredths, enough to swap
+classes that close.
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ from transfer.trunk import (
     boundary_layer,
     check_disk,
     classifiers,
-    joint_extractor,
     plan_trunk,
     split_backbone,
     trunk_on_images,
@@ -127,7 +126,8 @@ def test_fine_tune_refuses_a_cache_made_for_another_boundary_in_one_line(tmp_pat
     folder = _extract(tmp_path, choice, 5)[0]
     cache = TrunkCache(folder)
     cache.check(5, "block5_conv1", "digest", cache.shape)
-    with pytest.raises(DataError, match=r"made for fine_tune.unfreeze = 5 \(the top from block5_conv1\), not 9") as error:
+    with pytest.raises(DataError, match=r"made for fine_tune.unfreeze = 5 \(the top from block5_conv1\), not 9") \
+            as error:
         cache.check(9, "block4_conv3", "digest", cache.shape)
     assert "\n" not in str(error.value)
     with pytest.raises(DataError, match="other backbone weights"):

@@ -108,15 +108,16 @@ def test_a_second_repro_runs_nothing(repo, first_run):
 
 
 def _outputs(repo: Path) -> dict[str, bytes]:
-    """Every file of models/ and data/features/, and the test metrics."""
-    files = [*sorted((repo / "models").iterdir()), *sorted((repo / "data/features").iterdir()),
-             repo / "reports/metrics.json"]
+    """Every file of models/ and data/features/ (the trunk cache included), and the test metrics."""
+    features = sorted(path for path in (repo / "data/features").rglob("*") if path.is_file())
+    files = [*sorted((repo / "models").iterdir()), *features, repo / "reports/metrics.json"]
     return {path.relative_to(repo).as_posix(): path.read_bytes() for path in files}
 
 
 def test_the_same_params_give_the_same_results(repo, first_run):
     before = _outputs(repo)
     assert "models/model.keras" in before and "data/features/meta.json" in before
+    assert "data/features/trunk/train.npy" in before, "the augmented copies of the trunk cache are drawn seeded"
     assert stages_run(run(["dvc", "repro", "--force"], repo)) == ALL_STAGES
     after = _outputs(repo)
     assert [name for name in before if after.get(name) != before[name]] == [], "byte for byte, models included"
@@ -161,14 +162,14 @@ def _history(repo) -> list[list[float | None]]:
 
 
 def test_a_cached_trunk_fine_tune_trains_as_the_image_path_and_saves_what_it_trained(repo, first_run):
-    """fine_tune.trunk_cache: with no random change to the images, epochs from the trunk's cached output follow
-    the epochs through the whole backbone, and the saved model scores on validation images as its kept epoch
-    did on the cache (both with the fine-tune's label smoothing)."""
+    """fine_tune.trunk_cache: with no random change to the images (no cached copies, no flips), epochs from the
+    trunk's cached output follow the epochs through the whole backbone, and the saved model scores on validation
+    images as its kept epoch did on the cache (both with the fine-tune's label smoothing)."""
     _back_to_baseline(repo)
     same = ["-S", "fine_tune.epochs=3", "-S", "fine_tune.augment.flip=false", "-S", "fine_tune.augment.rotation=0",
             "-S", "fine_tune.augment.zoom=0", "-S", "fine_tune.augment.contrast=0", "-S", "fine_tune.patience=3",
-            "-S", "fine_tune.lr=0.001"]  # at this rate the third epoch beats the start (checked below)
-    run(["dvc", "exp", "run", *same], repo)
+            "-S", "fine_tune.lr=0.001", "-S", "features.trunk_views=0"]  # at this rate the third epoch beats the start
+    through = run(["dvc", "exp", "run", "-S", "fine_tune.trunk_cache=false", *same], repo)
     through_images = _history(repo)
     result = run(["dvc", "exp", "run", "-S", "fine_tune.trunk_cache=true", *same], repo)
     from_cache = _history(repo)
@@ -181,8 +182,10 @@ def test_a_cached_trunk_fine_tune_trains_as_the_image_path_and_saves_what_it_tra
     halfway_saved = json.loads(run(["python", "-c", VAL_SCORE], repo).stdout.splitlines()[-1])
     halfway_kernels = json.loads(run(["python", "-c", OUTPUT_KERNELS], repo).stdout.splitlines()[-1])
     _back_to_baseline(repo)
-    assert stages_run(result) == ["fine-tune", "evaluate"]
-    assert "caching the frozen trunk (the layers below conv5_block3_1_conv" in result.stderr
+    assert "training through the whole backbone on the photos (fine_tune.trunk_cache is false)" in through.stderr
+    assert stages_run(result) == ["fine-tune", "evaluate"], "a fine_tune key other than unfreeze: no extraction"
+    assert "training from the trunk cache in data/features/trunk, not the photos" in result.stderr
+    assert "the top from conv5_block3_1_conv" in result.stderr
     assert [row[0] for row in from_cache] == [0, 1, 2, 3]
     assert from_cache[0][3] == pytest.approx(through_images[0][3], abs=1e-4), "epoch 0: the same model, scored"
     for cached, whole in zip(from_cache[1:], through_images[1:], strict=True):
@@ -195,6 +198,39 @@ def test_a_cached_trunk_fine_tune_trains_as_the_image_path_and_saves_what_it_tra
     np.testing.assert_allclose(halfway_kernels["model"], (head + full) / 2, rtol=1e-5, atol=1e-6)
     assert halfway_saved["loss"] == pytest.approx(halfway["val_loss"], abs=1e-4), "scored again as saved"
     assert halfway["val_loss"] != pytest.approx(tuned["val_loss"], abs=1e-6)
+
+
+def test_head_and_fine_tune_experiments_never_read_a_training_photo(repo, first_run):
+    """The proof that no stage of a head or fine-tune experiment runs the frozen trunk over the training photos:
+    with every photo of the train and validation splits replaced by bytes no decoder can read, train-head and
+    fine-tune (default params: the trunk cache, its augmented copies) still train, from the caches alone."""
+    _back_to_baseline(repo)
+    photos = [repo / "data/raw" / row.split(",")[0] for split in ("train", "val")
+              for row in (repo / f"data/splits/{split}.csv").read_text().splitlines()[1:]]
+    for photo in photos:
+        photo.unlink()  # DVC may link outputs to its cache: never write through them
+        photo.write_bytes(b"not an image")
+    params = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(params.replace("lr: 0.001", "lr: 0.002", 1))
+    head = run(["python", "stages/train_head.py"], repo, check=False)
+    tune = run(["python", "stages/fine_tune.py"], repo, check=False)
+    (repo / "params.yaml").write_text(params)
+    run(["dvc", "checkout", "--force"], repo)
+    _back_to_baseline(repo)
+    assert head.returncode == 0, head.stderr[-2000:]
+    assert tune.returncode == 0, tune.stderr[-2000:]
+    assert "training from the trunk cache in data/features/trunk, not the photos" in tune.stderr
+    assert "or as one of 2 augmented copies" in tune.stderr
+    assert (repo / "data/raw" / photos[0].relative_to(repo / "data/raw")).read_bytes() != b"not an image"
+
+
+def test_changing_where_fine_tuning_starts_extracts_the_trunk_again(repo, first_run):
+    _back_to_baseline(repo)
+    result = run(["dvc", "exp", "run", "-S", "fine_tune.unfreeze=12"], repo)
+    meta = json.loads((repo / "data/features/trunk/meta.json").read_text())
+    _back_to_baseline(repo)
+    assert stages_run(result) == ALL_STAGES[2:]
+    assert meta["unfreeze"] == 12 and meta["first_layer"] != "conv5_block3_1_conv"
 
 
 def test_augmented_copies_in_the_cache_train_the_head(repo, first_run):
