@@ -52,15 +52,15 @@ class FeatureStore:
 TRAIN_VIEWS = "train_views"
 
 
-def changing_extractor(extractor, augment, seed: int):
+def changing_extractor(extractor, augment, seed: int, key: str = "features.train_views"):
     """``extractor`` behind ``augment``'s random changes, which run even when the model is called for inference
-    (as extraction calls it): a new draw on every call, seeded."""
+    (as extraction calls it): a new draw on every call, seeded. ``key`` is the param that asked for copies."""
     import keras
 
     changes = augmenter(augment, seed)
     if changes is None:
-        raise ParamError("features.train_views needs at least one random change in features.view_augment "
-                         "(copies of an image left as it is add nothing)")
+        raise ParamError(f"{key} needs at least one random change in features.view_augment "
+                         f"(copies of an image left as it is add nothing); set one, or {key}: 0")
     class AlwaysChange(keras.layers.Layer):
         """The changes in training mode whatever the caller says: a call's ``training=False`` reaches every
         layer of a functional model, overriding the mode a layer was wired with. Never saved."""
@@ -262,7 +262,8 @@ def extract_features(
             np.save(staging / f"{TRAIN_VIEWS}_labels.npy", np.tile(np.asarray(train_labels, np.int32), copies))
             counts[TRAIN_VIEWS] = copies * size
         if trunk:
-            write_json(staging / trunk.folder / META_FILE, trunk.record(dtype, {s: counts[s] for s in trunk.splits}))
+            trunk_counts = {split: counts.get(split, 0) for split in trunk.splits}
+            write_json(staging / trunk.folder / META_FILE, trunk.record(dtype, trunk_counts))
         write_json(
             staging / META_FILE,
             {

@@ -208,7 +208,8 @@ def plan_trunk(single_view, preprocessing: str, unfreeze: int | str, mirror: boo
     joint = joint_extractor(split, single_view, preprocessing, mirror)
     views = None
     if copies:
-        views = changing_extractor(trunk_on_images(split, single_view, preprocessing), augment, seed)
+        views = changing_extractor(trunk_on_images(split, single_view, preprocessing), augment, seed,
+                                   key="features.trunk_views")
     shape = tuple(int(side) for side in split.trunk.output.shape[1:])
     plan = TrunkPlan(joint=joint, views=views, copies=copies, shape=shape,
                      facts={**facts, "unfreeze": unfreeze, "first_layer": split.first})

@@ -236,3 +236,13 @@ def test_row_files_are_npy_files_written_by_position_and_read_back(tmp_path):
     with RowFile.open(path) as rows:
         np.testing.assert_array_equal(rows.read(np.array([7, 0, 7])), expected[[7, 0, 7]])
         np.testing.assert_array_equal(rows.read_range(6, 20), expected[6:])
+
+
+def test_copies_with_no_random_change_to_make_them_are_refused_naming_the_key():
+    from transfer.errors import ParamError
+
+    choice = resolve(BackboneParams("vgg16", "none", SIZE))
+    single = build_views(choice, False)[1]
+    unchanged = AugmentParams(flip=False, rotation=0.0, zoom=0.0, contrast=0.0, brightness=0.0)
+    with pytest.raises(ParamError, match="features.trunk_views needs at least one random change"):
+        plan_trunk(single, choice.spec.preprocessing, 5, False, 2, unchanged, 0, {})
