@@ -18,7 +18,6 @@ Layout (``data/features/trunk/``):
 
 from __future__ import annotations
 
-import itertools
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,48 +274,56 @@ class TrunkCache:
 
     def training(self, targets: np.ndarray, batch_size: int, seed: int, flip: bool):
         """Training batches, each epoch reshuffled and each image drawn as one of its views, seeded: as given,
-        mirrored (when ``flip``), or one of its augmented copies."""
+        mirrored (when ``flip``), or one of its augmented copies.
+
+        The order is tf.data's seeded shuffle of the image positions, the very order in which
+        :func:`transfer.datasets.image_dataset` shuffles the photos under the same seed, so with no views to
+        draw from the cache trains exactly as the photos would.
+        """
+        import tensorflow as tf
+
         rows, count = self._rows("train"), self.counts["train"]
-        choices = np.array([0, *([1] if flip else []), *range(2, 2 + self.copies)])
-        epochs = itertools.count()
-        targets = np.asarray(targets, np.float32)
+        choices = np.array([0, *([1] if flip else []), *range(2, 2 + self.copies)], dtype=np.int64)
+        order = tf.data.Dataset.range(count).shuffle(count, seed=seed, reshuffle_each_iteration=True)
+        draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
 
-        def batches():
-            draw = np.random.default_rng([seed, next(epochs)])
-            order = draw.permutation(count)
-            view = choices[draw.integers(0, len(choices), count)]
-            for start in range(0, count, batch_size):
-                images = order[start:start + batch_size]
-                yield rows.read(view[start:start + batch_size] * count + images).astype(np.float32), targets[images]
+        def read(images, draw):
+            view = choices[np.asarray(draw) % len(choices)]
+            return rows.read(view * count + images).astype(np.float32)
 
-        return self._dataset(batches, targets, 1, count, batch_size)
+        return self._batches(tf.data.Dataset.zip(order, draws).batch(batch_size), read, targets)
 
     def validation(self, targets: np.ndarray, batch_size: int, mirror: bool):
         """Validation batches in order: each image as given and mirrored (for the mirror-averaging scorer) when
         ``mirror``, else as given; None when there is no validation image."""
+        import tensorflow as tf
+
         count = self.counts.get("val", 0)
         if not count:
             return None
-        rows, targets = self._rows("val"), np.asarray(targets, np.float32)
+        rows = self._rows("val")
+        positions = tf.data.Dataset.range(count).batch(batch_size)
+        given = self._batches(positions.map(lambda images: (images, images)),
+                              lambda images, _: rows.read(images).astype(np.float32), targets)
+        if not mirror:
+            return given
+        mirrored = self._batches(positions.map(lambda images: (images, images + count)),
+                                 lambda _, images: rows.read(images).astype(np.float32), targets)
+        return tf.data.Dataset.zip(given, mirrored).map(lambda a, b: ((a[0], b[0]), a[1]))
 
-        def batches():
-            for start in range(0, count, batch_size):
-                stop = min(start + batch_size, count)
-                given = rows.read_range(start, stop).astype(np.float32)
-                if mirror:
-                    yield (given, rows.read_range(count + start, count + stop).astype(np.float32)), targets[start:stop]
-                else:
-                    yield given, targets[start:stop]
-
-        return self._dataset(batches, targets, 2 if mirror else 1, count, batch_size)
-
-    def _dataset(self, batches, targets: np.ndarray, inputs: int, count: int, batch_size: int):
-        """``batches`` as a ``tf.data`` dataset that knows its length (Keras then knows an epoch's steps)."""
+    def _batches(self, batches, read, targets: np.ndarray):
+        """(inputs, one-hot) batches: ``read`` turns each batch of (image positions, extra) into rows, read from
+        disk in a NumPy function; the targets are gathered by position."""
         import tensorflow as tf
 
         from transfer.datasets import steady
 
-        image = tf.TensorSpec((None, *self.shape), tf.float32)
-        signature = ((image, image) if inputs == 2 else image), tf.TensorSpec((None, targets.shape[1]), tf.float32)
-        dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
-        return steady(dataset.apply(tf.data.experimental.assert_cardinality(-(-count // batch_size))))
+        targets = tf.constant(np.asarray(targets, np.float32))
+        shape = self.shape
+
+        def load(images, extra):
+            inputs = tf.numpy_function(read, [images, extra], tf.float32, stateful=False)
+            inputs.set_shape((None, *shape))
+            return inputs, tf.gather(targets, images)
+
+        return steady(batches.map(load))
