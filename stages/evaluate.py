@@ -51,7 +51,7 @@ from transfer.reports import (
     summary_metrics,
 )
 from transfer.stage import run_stage
-from transfer.tracking import collect_execution, log_execution, tracking_uri
+from transfer.tracking import collect_execution, log_execution, open_store_early, tracking_uri
 
 log = logging.getLogger("evaluate")
 
@@ -91,6 +91,7 @@ def main() -> None:
     paths, labels = read_split(SPLITS, "test", RAW, classes)
     if not paths:
         raise DataError("the test split is empty (split.test is 0); there is nothing to evaluate")
+    open_store_early()  # MLflow's import and store, while the photos go through the model
     # One pass in file order: the labels come from the same CSV, so they cannot fall out of step.
     probabilities = class_probabilities(model, paths, settings.batch_size, settings.tta)
     predicted = probabilities.argmax(axis=1)

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -260,6 +261,35 @@ def _one_writer(uri: str):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+_opening: threading.Thread | None = None  # see open_store_early
+
+
+def open_store_early() -> None:
+    """Import MLflow and open the local tracking store in a background thread, never raising.
+
+    Importing MLflow and opening its SQLite store take about 3 s of Python; started while the stage's
+    TensorFlow work runs (which releases the interpreter lock), they overlap it instead of following it.
+    :func:`log_execution` waits for the thread, and the store it opened is MLflow's own cached one. Only the
+    local default store: a server is left to :func:`log_execution`, whose time-outs and warning cover it.
+    """
+    global _opening
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:") or not is_chief():
+        return
+
+    def open_store() -> None:
+        try:
+            import mlflow
+
+            with _one_writer(uri):  # the store's tables may be created here: one process at a time
+                mlflow.MlflowClient(uri).search_experiments(max_results=1)
+        except Exception:  # noqa: BLE001 - only a head start: log_execution opens the store itself and warns
+            pass
+
+    _opening = threading.Thread(target=open_store, name="mlflow-open-store", daemon=True)
+    _opening.start()
+
+
 def log_execution(record: dict[str, Any]) -> str | None:
     """Log one pipeline execution as one MLflow run, named after its DVC experiment; never raises.
 
@@ -273,6 +303,8 @@ def log_execution(record: dict[str, Any]) -> str | None:
     if not is_chief():
         log.info("mlflow: this host is not the chief of its TF_CONFIG cluster; the chief logs this execution")
         return None
+    if _opening is not None:
+        _opening.join(timeout=120)
     # Fail fast on an unreachable server instead of retrying for minutes.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")

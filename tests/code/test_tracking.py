@@ -149,3 +149,19 @@ def test_a_run_left_running_by_a_killed_evaluate_is_removed_when_the_execution_i
     assert gone.info.status == "KILLED" and gone.info.lifecycle_stage == "deleted"
     alive = client.search_runs([client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id])
     assert [run.info.run_id for run in alive] == [run_id] and alive[0].info.status == "FINISHED"
+
+
+def test_a_store_opened_early_in_the_background_is_the_one_the_run_is_logged_to(store, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(store)
+    monkeypatch.setattr(tracking, "_opening", None)
+    tracking.open_store_early()
+    assert tracking._opening is not None, "the default store is local: opened in the background"
+    run_id = tracking.log_execution(_record(store))
+    assert run_id and not tracking._opening.is_alive()
+    assert mlflow.MlflowClient(tracking.tracking_uri()).get_run(run_id).data.metrics["accuracy"] == 0.9
+    monkeypatch.setattr(tracking, "_opening", None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    tracking.open_store_early()
+    assert tracking._opening is None, "a server is left to log_execution, its time-outs and its warning"
