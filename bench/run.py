@@ -433,10 +433,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\n{name}, {settings['backbone']}, {os.cpu_count()} CPUs" + (" (quick)" if args.quick else ""))
-    print(f"{'ratio':28} {'value':>10} {'target':>10}  met")
+    print(f"{'ratio':40} {'value':>10} {'target':>10}  met")
     for key, row in table.items():
         met = {True: "yes", False: "NO", None: "-"}[row["met"]]
-        print(f"{key:28} {row['value']:>10.4f} {row['target'] or 'report':>10}  {met}")
+        print(f"{key:40} {row['value']:>10.4f} {row['target'] or 'report':>10}  {met}")
     print(f"wrote {args.out}; peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB")
     return 0
 
