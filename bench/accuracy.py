@@ -56,8 +56,8 @@ LEVERS: dict[str, dict[str, object]] = {
     # Every fine-tune epoch through the whole backbone on the photos, with fresh random changes (the default
     # before the trunk cache reached fine-tuning).
     "whole_backbone_not_trunk_cache": {"fine_tune.trunk_cache": False},
-    # The augmented copies of each training image in the trunk cache (features.trunk_views, default 2).
-    "trunk_views_0": {"features.trunk_views": 0},
+    # Augmented copies of each training image in the trunk cache (features.trunk_views, default 0).
+    "trunk_views_2": {"features.trunk_views": 2},
     "trunk_views_4": {"features.trunk_views": 4},
     "unfreeze_40_not_20": {"fine_tune.unfreeze": 40},
     "30_epochs_not_15": {"fine_tune.epochs": 30},

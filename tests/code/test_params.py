@@ -190,7 +190,7 @@ def test_the_trunk_cache_is_the_default_and_takes_any_augmentation_params(params
     features.view_augment's), so they are no reason to refuse it."""
     from transfer.params import read_features, read_fine_tune
 
-    assert read_fine_tune(Params(params_tree)).trunk_cache and read_features(Params(params_tree)).trunk_views == 2
+    assert read_fine_tune(Params(params_tree)).trunk_cache and read_features(Params(params_tree)).trunk_views == 0
     params_tree["fine_tune"]["augment"].update(rotation=0.05, contrast=0.1)
     assert read_fine_tune(Params(params_tree)).trunk_cache
     params_tree["features"]["trunk_views"] = 33
