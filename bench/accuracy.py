@@ -62,6 +62,8 @@ LEVERS: dict[str, dict[str, object]] = {
     "unfreeze_40_not_20": {"fine_tune.unfreeze": 40},
     "30_epochs_not_15": {"fine_tune.epochs": 30},
     "lr_1e-3": {"fine_tune.lr": 0.001},
+    # Weight-space interpolation halfway back to the head (fine_tune.blend, default 1: the kept epoch as trained).
+    "blend_0.5": {"fine_tune.blend": 0.5},
 }
 
 # The quick mode: a small generated task that still runs every stage. A random ResNet50 at 32 px still tells

@@ -42,12 +42,12 @@ from tests.helpers import make_pipeline_repo, run  # noqa: E402
 from transfer.io import read_csv  # noqa: E402
 
 CAPTURED = "epoch_probabilities.npz"
-# Params under which the stage scores validation once per epoch with the whole classifier on photos, which
-# is what the capture wraps: mirror averaging on (the classifier scores in place of the trained single view),
-# no trunk cache (its scorer takes the trunk's output, not photos), no blend (it scores once more). They are set
-# on every run: since the trunk cache became the default, this bench measures the whole-backbone fine-tune
-# (fine_tune.trunk_cache: false), the recipe its records were made with.
-NEEDED = {"features.mirror": True, "fine_tune.trunk_cache": False, "fine_tune.blend": 1.0}
+# Params under which the stage scores validation once per epoch with a classifier whose weights are the photo
+# classifier's, which is what the capture wraps: mirror averaging on (the classifier, or its trunk-cache twin,
+# scores in place of the trained single view), no blend (it scores once more). Set on every run. Both fine-tune
+# modes are followed: from the trunk cache (the default) the stage scores validation on the cached trunk outputs,
+# and the test photos go through the photo classifier, which shares those weights.
+NEEDED = {"features.mirror": True, "fine_tune.blend": 1.0}
 # The classifier ends in a softmax, so Keras computes its loss from the logits, never clipping a probability at
 # its epsilon (1e-7): with label smoothing every class's log-probability counts, a head's far smaller ones too.
 # Only a probability that float32 rounds to zero is clipped here.
@@ -122,18 +122,28 @@ def capture(repo: Path) -> None:
     choice = resolve(read_backbone(params), params.source)
     classes = read_classes(SPLITS)
     splits = {name: read_split(SPLITS, name, RAW, classes) for name in ("val", "test")}
-    photos = {name: image_dataset(paths, choice.image_size, 32) for name, (paths, _) in splits.items()}
-    kept: dict[str, list[np.ndarray]] = {name: [] for name in photos}
+    photos = {"test": image_dataset(splits["test"][0], choice.image_size, 32)}
+    kept: dict[str, list[np.ndarray]] = {"val": [], "test": []}
     stage_score = training.score
+    assembled: list = []  # the stage's classifiers in the order it assembles them: the photo classifier first
 
     def score(model, data, batch_size, strategy=None):
-        for name, dataset in photos.items():
-            kept[name].append(np.asarray(model.predict(dataset, verbose=0)))
+        # Validation as the stage scores it (photos, or the trunk cache's outputs of the same photos); test
+        # through the photo classifier, which holds the same weights as whichever model the stage scores.
+        kept["val"].append(np.asarray(model.predict(data, verbose=0)))
+        kept["test"].append(np.asarray(assembled[0].predict(photos["test"], verbose=0)))
         return stage_score(model, data, batch_size, strategy)
 
     spec = importlib.util.spec_from_file_location("fine_tune_stage", repo / "stages" / "fine_tune.py")
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
+    stage_assemble = stage.assemble_classifier
+
+    def assemble(*args, **kwargs):
+        assembled.append(stage_assemble(*args, **kwargs))
+        return assembled[-1]
+
+    stage.assemble_classifier = assemble
     training.score = stage.score = score  # the stage's epoch 0, and its per-epoch scorer (transfer.training)
     stage.main()
     np.savez(repo / CAPTURED, val=np.stack(kept["val"]), test=np.stack(kept["test"]),

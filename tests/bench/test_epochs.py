@@ -52,9 +52,9 @@ def test_the_losses_are_what_keras_reports_for_a_softmax_and_a_fitted_temperatur
 
 
 def test_a_setting_the_capture_cannot_follow_is_refused_by_name(tmp_path):
-    result = subprocess.run([sys.executable, "bench/epochs.py", "--quick", "--set", "fine_tune.trunk_cache=true",
+    result = subprocess.run([sys.executable, "bench/epochs.py", "--quick", "--set", "fine_tune.blend=0.5",
                              "--out", str(tmp_path / "epochs.json")], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode != 0 and "fine_tune.trunk_cache" in result.stderr
+    assert result.returncode != 0 and "fine_tune.blend" in result.stderr
     assert not (tmp_path / "epochs.json").exists()
 
 
