@@ -205,6 +205,27 @@ def add_dirty_files(root: Path) -> dict[str, str]:
     return {path: reason for path, (_, reason) in bad.items()}
 
 
+def png_chunk(kind: bytes, body: bytes, crc: int | None = None) -> bytes:
+    """One PNG chunk, its checksum right unless ``crc`` says otherwise."""
+    import struct
+    import zlib
+
+    checksum = zlib.crc32(kind + body) if crc is None else crc
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", checksum)
+
+
+def bomb_png(width: int = 20000, height: int = 20000) -> bytes:
+    """A PNG of a few dozen bytes that decodes to ``width`` x ``height`` 1-bit pixels, with a broken checksum on
+    a text chunk: Pillow's header parser gives up on it, TensorFlow's decoder reads every pixel."""
+    import struct
+    import zlib
+
+    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+    text = png_chunk(b"tEXt", b"comment\0hello", crc=0)
+    pixels = zlib.compress(b"\0" * ((width + 7) // 8 + 1) * height, 9)
+    return b"\x89PNG\r\n\x1a\n" + header + text + png_chunk(b"IDAT", pixels) + png_chunk(b"IEND", b"")
+
+
 def tiny_classifier(num_classes: int = 3, size: int = 32, seed: int = 0, mirror: bool = False):
     """A small classifier laid out like the pipeline's (resize, preprocessing, ``backbone``, ``head``).
 

@@ -11,7 +11,7 @@ import hashlib
 import io
 import os
 import re
-import threading
+import stat
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from transfer.errors import DataError
-from transfer.io import from_spreadsheet_safe, read_csv, read_json, write_csv, write_json
+from transfer.headers import HeaderError, decoded_size
+from transfer.io import from_spreadsheet_safe, read_csv, read_json, spreadsheet_safe, write_csv, write_json
 from transfer.layout import is_hidden, visible_files
 from transfer.params import AugmentParams
 
@@ -50,27 +51,6 @@ SUPPORTED = "JPEG, PNG, GIF, BMP or WebP"
 # memory before it can be refused.
 MAX_PIXELS = 100_000_000
 MIN_SIDE = 8  # pixels: a smaller image (a 1x1 tracking pixel, an icon) cannot show what a class looks like
-_PILLOW_BOUND = threading.Lock()
-
-
-def _declared_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the image's header, without decoding it; None when Pillow cannot tell."""
-    import warnings
-
-    from PIL import Image
-
-    # Pillow's own bomb bound is a module global: swap it only under a lock, since split reads headers from
-    # several threads and an unlocked swap could leave Pillow's protection off for the whole process.
-    with _PILLOW_BOUND, warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the bound here is MAX_PIXELS
-        try:
-            with Image.open(io.BytesIO(data)) as image:  # reads the header only
-                return image.size
-        except Exception:  # noqa: BLE001 (whatever Pillow makes of it, TensorFlow's decoder has the last word)
-            return None
-        finally:
-            Image.MAX_IMAGE_PIXELS = previous
 
 
 def decode_problem(data: bytes) -> str | None:
@@ -88,12 +68,19 @@ def decode_problem(data: bytes) -> str | None:
             return f"{name} is not supported; convert it to {SUPPORTED}"
     if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1"):
         return f"HEIC is not supported; convert it to {SUPPORTED}"
-    size = _declared_size(data)
-    if size and size[0] * size[1] > MAX_PIXELS:
-        return f"{size[0]}x{size[1]} pixels is over the {MAX_PIXELS // 1_000_000}-megapixel bound; scale it down"
-    if size and min(size) < MIN_SIDE:
-        return (f"{size[0]}x{size[1]} pixels is below the {MIN_SIDE}x{MIN_SIDE} the pipeline accepts: too small to "
-                "show a class")
+    # The decode gate: the size comes from the header fields the decoder itself sizes its buffers by, and an
+    # image whose size they do not give is never handed to the decoder.
+    try:
+        size = decoded_size(data)
+    except HeaderError as error:
+        return f"cannot be decoded as an image: {error}"
+    if size.pixels > MAX_PIXELS:
+        frames = "" if size.pixels == size.width * size.height else f" (its frames: {size.pixels} pixels in all)"
+        return (f"{size.width}x{size.height} pixels{frames} is over the {MAX_PIXELS // 1_000_000}-megapixel bound; "
+                "scale it down")
+    if min(size.width, size.height) < MIN_SIDE:
+        return (f"{size.width}x{size.height} pixels is below the {MIN_SIDE}x{MIN_SIDE} the pipeline accepts: too "
+                "small to show a class")
     try:
         tf.io.decode_image(data, channels=3, expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
@@ -109,6 +96,16 @@ def read_image_file(path: Path) -> tuple[str | None, bytes]:
         str(path).encode("utf-8")
     except UnicodeEncodeError:
         return "file name is not valid UTF-8; rename it", b""
+    try:
+        kind = path.stat().st_mode  # through a link: what it points to
+    except OSError as error:
+        dangling = path.is_symlink() and isinstance(error, FileNotFoundError)
+        return f"cannot be read: {'a link to a missing file' if dangling else error.strerror or error}", b""
+    if not stat.S_ISREG(kind):
+        # Opening a FIFO waits for a writer, and a device (/dev/zero) never ends: only plain files are read.
+        what = "a FIFO" if stat.S_ISFIFO(kind) else "a device" if stat.S_ISCHR(kind) or stat.S_ISBLK(kind) else \
+            "a socket" if stat.S_ISSOCK(kind) else "a folder" if stat.S_ISDIR(kind) else "not a plain file"
+        return f"cannot be read: {what}, not an image file", b""
     try:
         data = path.read_bytes()
     except OSError as error:
@@ -284,10 +281,24 @@ def curate(
 
 
 def write_splits(folder: Path, splits: dict[str, list[tuple[str, str]]], classes: list[str]) -> None:
-    """Write ``<split>.csv`` (path,label) for each split and the class order to ``classes.json``."""
+    """Write ``<split>.csv`` (path,label) for each split and the class order to ``classes.json``.
+
+    A path or label that a spreadsheet would run as a formula (``=cmd|...``) is written as text, as the reports
+    write it; :func:`split_rows` reads it back as it was.
+    """
     for split, rows in splits.items():
-        write_csv(folder / f"{split}.csv", ["path", "label"], rows)
+        write_csv(folder / f"{split}.csv", ["path", "label"],
+                  ([spreadsheet_safe(path), spreadsheet_safe(label)] for path, label in rows))
     write_json(folder / CLASSES_FILE, classes)
+
+
+def split_rows(folder: Path, split: str) -> list[dict[str, str]]:
+    """The (path, label) rows of ``<split>.csv`` as split wrote them, formula-safe cells back to their names."""
+    path = folder / f"{split}.csv"
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; run the split stage first")
+    return [{"path": from_spreadsheet_safe(row["path"]), "label": from_spreadsheet_safe(row["label"])}
+            for row in read_csv(path)]
 
 
 def read_classes(folder: Path) -> list[str]:
@@ -299,14 +310,11 @@ def read_classes(folder: Path) -> list[str]:
 
 def read_split(folder: Path, split: str, raw: Path, classes: list[str]) -> tuple[list[str], np.ndarray]:
     """The image paths (joined onto ``raw``) and integer labels of one split, in file order."""
-    path = folder / f"{split}.csv"
-    if not path.is_file():
-        raise DataError(f"{path} does not exist; run the split stage first")
     index = {name: i for i, name in enumerate(classes)}
-    rows = read_csv(path)
+    rows = split_rows(folder, split)
     unknown = sorted({row["label"] for row in rows} - index.keys())
     if unknown:
-        raise DataError(f"{path} has labels {unknown} that are not in {CLASSES_FILE}")
+        raise DataError(f"{folder / f'{split}.csv'} has labels {unknown} that are not in {CLASSES_FILE}")
     paths = [str(raw / row["path"]) for row in rows]
     return paths, np.asarray([index[row["label"]] for row in rows], dtype=np.int32)
 
