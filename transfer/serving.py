@@ -4,17 +4,23 @@ Logged beside the Keras model of every run (as ``photo_model``), so that
 
     mlflow models serve -m runs:/<run id>/photo_model --env-manager local -p 5001
 
-answers a POST of JPEG, PNG, GIF or BMP bytes (base64 in JSON, any size) with the predicted class, its
+answers a POST of JPEG, PNG, GIF, BMP or WebP images (base64 text in JSON, any size) with the predicted class, its
 probability and every class's probability, computed exactly as ``python -m transfer predict`` computes them: the
-pipeline's decoder, the same resize, the same model. A photo that cannot be decoded gets its row with the reason
-in ``error`` (its label empty, its probabilities NaN); the other rows are still answered.
+pipeline's decoder and its decode gate, the same resize, the same model. Every cell gets its own answer: one
+that is not base64, not text, empty, or not an image the gate admits gets its row with the reason in ``error``
+(its label empty, its figures null); the other rows are still answered. The base64 is decoded here, not by MLflow,
+which would fail the whole request for one bad cell.
 
-Request: ``{"dataframe_split": {"columns": ["image"], "data": [["<base64 bytes>"], ...]}}``.
-Answer: ``{"predictions": [{"label": "roses", "confidence": 0.93, "error": "", "daisy": 0.01, ...}, ...]}``.
+Request: ``{"dataframe_split": {"columns": ["image"], "data": [["<base64 text>"], ...]}}``.
+Answer: ``{"predictions": [{"label": "roses", "confidence": 0.93, "error": "", "daisy": 0.01, ...}, ...]}``: one
+probability column per class, named by the class; if a class is itself named ``label``, ``confidence`` or
+``error``, every probability column is named ``probability/<class>`` instead (no class name holds a ``/``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import warnings
 from pathlib import Path
@@ -48,46 +54,75 @@ class PhotoClassifier(mlflow.pyfunc.PythonModel):
 
 
 def _images_of(model_input) -> list:
-    """The ``image`` column of a request as a list of bytes (MLflow has decoded the base64 already)."""
+    """The ``image`` column of a request as a list of cells, as they came."""
     import pandas as pd
 
     if isinstance(model_input, pd.DataFrame):
         if IMAGE_COLUMN not in model_input.columns:
-            raise ValueError(f"the input needs a column {IMAGE_COLUMN!r} of encoded image bytes; it has "
+            raise ValueError(f"the input needs a column {IMAGE_COLUMN!r} of base64-encoded images; it has "
                              f"{list(model_input.columns)}")
         return list(model_input[IMAGE_COLUMN])
     return list(model_input)
 
 
-def classify_bytes(model, classes: list[str], size: tuple[int, int], images: list):
-    """A ``pandas.DataFrame``, one row per image: label, confidence, error ('' when fine) and one probability
-    column per class; an image that cannot be used has its reason in error, an empty label and NaN figures.
+def image_bytes(cell) -> tuple[bytes | None, str | None]:
+    """(the encoded image a request cell holds, or None; why it holds none, or None).
 
-    Decoded and resized by :func:`transfer.datasets.decode_resized`, as every image of the pipeline is, so the
-    probabilities are the ones ``python -m transfer predict`` writes for the same files.
+    A cell is base64 text (what JSON can carry), or bytes when the model is called in Python.
+    """
+    if isinstance(cell, (bytes, bytearray, memoryview)):
+        return bytes(cell), None
+    if isinstance(cell, str):
+        if not cell.strip():
+            return None, "empty cell: expected a base64-encoded image"
+        try:
+            return base64.b64decode(cell, validate=True), None
+        except (binascii.Error, ValueError) as error:
+            return None, f"not valid base64 text ({error}): send the image file's bytes base64-encoded"
+    if cell is None or (isinstance(cell, float) and cell != cell):
+        return None, "empty cell: expected a base64-encoded image"
+    shown = repr(cell) if len(repr(cell)) <= 40 else repr(cell)[:37] + "..."
+    return None, f"a {type(cell).__name__} ({shown}), not an image: send the image file's bytes base64-encoded"
+
+
+def classify_bytes(model, classes: list[str], size: tuple[int, int], images: list):
+    """A ``pandas.DataFrame``, one row per request cell: label, confidence, error ('' when fine) and one
+    probability column per class (:func:`transfer.predict.probability_columns`); a cell that gives no usable
+    image has its reason in error, an empty label and None figures (``null`` in JSON, never NaN).
+
+    Decoded and resized by :func:`transfer.datasets.decode_resized`, as every image of the pipeline is, after the
+    decode gate (:func:`transfer.datasets.decode_problem`) has read the size from the header, so the probabilities
+    are the ones ``python -m transfer predict`` writes for the same files, and a request's memory is bounded
+    by the gate's pixel bound, one image at a time, whatever its bytes claim.
     """
     import pandas as pd
     import tensorflow as tf
 
     from transfer.datasets import decode_problem, decode_resized, exif_orientation
+    from transfer.predict import probability_columns
 
-    data = [bytes(image) if isinstance(image, (bytes, bytearray, memoryview)) else None for image in images]
-    problems = [decode_problem(item) if item is not None else "not image bytes" for item in data]
+    data, problems = [], []
+    for cell in images:
+        encoded, problem = image_bytes(cell)
+        data.append(encoded)
+        problems.append(problem or decode_problem(encoded))
     good = [i for i, problem in enumerate(problems) if problem is None]
-    probabilities = np.full((len(data), len(classes)), np.nan)
+    probabilities = np.zeros((len(data), len(classes)))
     for start in range(0, len(good), BATCH):
         chosen = good[start : start + BATCH]
         batch = tf.stack([decode_resized(data[i], size, exif_orientation(data[i])) for i in chosen])
         probabilities[chosen] = model(batch, training=False).numpy()
+    columns = probability_columns(classes, (LABEL, CONFIDENCE, ERROR))
     rows = []
     for scores, problem in zip(probabilities, problems, strict=True):
         if problem is not None:
-            rows.append({LABEL: "", CONFIDENCE: np.nan, ERROR: problem, **dict.fromkeys(classes, np.nan)})
+            rows.append({LABEL: "", CONFIDENCE: None, ERROR: problem, **dict.fromkeys(columns)})
             continue
         best = int(np.argmax(scores))
         rows.append({LABEL: classes[best], CONFIDENCE: float(scores[best]), ERROR: "",
-                     **{name: float(value) for name, value in zip(classes, scores, strict=True)}})
-    return pd.DataFrame(rows, columns=[LABEL, CONFIDENCE, ERROR, *classes])
+                     **{name: float(value) for name, value in zip(columns, scores, strict=True)}})
+    # Object columns keep None as None, which MLflow writes as null; a float column would turn it into NaN.
+    return pd.DataFrame(rows, columns=[LABEL, CONFIDENCE, ERROR, *columns], dtype=object)
 
 
 def log_photo_model(model_path: Path, classes: list[str]) -> None:
@@ -99,14 +134,18 @@ def log_photo_model(model_path: Path, classes: list[str]) -> None:
     """
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import AnyType
 
-    overlap = {LABEL, CONFIDENCE, ERROR} & set(classes)
-    if overlap:
-        raise ValueError(f"class names {sorted(overlap)} collide with the answer's own columns; photo model skipped")
+    from transfer.predict import probability_columns
+
     signature = ModelSignature(
-        inputs=Schema([ColSpec("binary", IMAGE_COLUMN)]),
-        outputs=Schema([ColSpec("string", LABEL), ColSpec("double", CONFIDENCE), ColSpec("string", ERROR),
-                        *(ColSpec("double", name) for name in classes)]),
+        # Any type, not MLflow's binary: a binary column makes MLflow decode the base64 itself and fail the whole
+        # request on one bad cell; here each cell is decoded, or answered with its own error (image_bytes).
+        inputs=Schema([ColSpec(AnyType(), IMAGE_COLUMN)]),
+        outputs=Schema([ColSpec("string", LABEL), ColSpec("double", CONFIDENCE, required=False),
+                        ColSpec("string", ERROR),
+                        *(ColSpec("double", name, required=False)
+                          for name in probability_columns(classes, (LABEL, CONFIDENCE, ERROR)))]),
     )
     # MLflow advises type hints, an input example and models-from-code here; the signature is stated, an example
     # would load the model once more at logging time, and the class is pickled by reference to this module.
