@@ -17,10 +17,19 @@ import numpy as np
 from transfer.datasets import image_dataset, read_image_file
 from transfer.errors import DataError
 from transfer.io import displayed_path, spreadsheet_safe, write_csv
-from transfer.layout import visible_files
+from transfer.layout import is_hidden
 from transfer.models import input_size
 
 GLOB_CHARACTERS = "*?["
+
+
+def probability_columns(classes: list[str], own: tuple[str, ...]) -> list[str]:
+    """The name of each class's probability column in a table whose own columns are ``own``: the class name,
+    or, when any class is named like one of ``own``, ``probability/<class>`` for every class (a class name never
+    holds a ``/``, so no class can then collide, and one rule names every column)."""
+    if set(classes) & set(own):
+        return [f"probability/{name}" for name in classes]
+    return list(classes)
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
@@ -37,10 +46,10 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             matches = sorted(Path(match) for match in glob.glob(item, recursive=True))
             if not matches:
                 raise DataError(f"{item!r} matches no file")
-            files.extend(match for match in matches if match.is_file())
+            files.extend(match for match in matches if not match.is_dir())
         elif Path(item).is_dir():
-            files.extend(visible_files(Path(item)))
-        elif Path(item).is_file():
+            files.extend(_entries(Path(item)))
+        elif Path(item).exists() or Path(item).is_symlink():  # a FIFO or a dangling link gets its row too
             files.append(Path(item))
         else:
             raise DataError(f"{item!r} is not a file, a folder or a glob that matches files")
@@ -48,6 +57,15 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     if not unique:
         raise DataError(f"no files found in {', '.join(inputs)}")
     return unique
+
+
+def _entries(folder: Path) -> list[Path]:
+    """Every visible entry under ``folder`` that is not a folder: files, and also what only looks like one (a
+    FIFO, a dangling link, a link to a device), so that each gets its row and its reason."""
+    return sorted(
+        path for path in folder.rglob("*")
+        if not path.is_dir() and not any(is_hidden(part) for part in path.relative_to(folder).parts)
+    )
 
 
 def class_probabilities(model, paths: list[str], batch_size: int, tta: bool = False) -> np.ndarray:
@@ -128,7 +146,8 @@ def prediction_table(
     """
     k = min(top_k, len(classes))
     names = [spreadsheet_safe(name) for name in classes]
-    header = ["file", "predicted", "confidence", f"top_{k}", *names, "error"]
+    own = ("file", "predicted", "confidence", f"top_{k}", "error")
+    header = [*own[:4], *(spreadsheet_safe(name) for name in probability_columns(classes, own)), own[4]]
     rows = []
     for file, scores, problem in zip(files, probabilities, problems, strict=True):
         shown = spreadsheet_safe(displayed_path(file))

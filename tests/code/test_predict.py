@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, tiny_classifier
+from tests.helpers import REPO, bomb_png, tiny_classifier
 from transfer.datasets import load_image
 from transfer.errors import DataError
 from transfer.models import save_model
@@ -144,3 +144,50 @@ def test_names_a_spreadsheet_would_run_or_split_are_written_safely(tmp_path, sha
     for row in rows:
         for cell in row.values():
             assert not cell.startswith(("=", "+", "-", "@")), cell
+
+
+def test_what_only_looks_like_a_file_gets_a_row_and_a_reason(model_path, shapes_folder, tmp_path):
+    """A FIFO (opening it would wait for a writer), a dangling link and a link to /dev/zero (endless) in a
+    folder: each its own error row, and the photo beside them is still predicted."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    shutil.copy(shapes_folder / "circle" / "circle_000.jpg", folder / "photo.jpg")
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (folder / "zero.jpg").symlink_to("/dev/zero")
+    (folder / "bomb.png").write_bytes(bomb_png())
+    summary = predict_to_csv(model_path, [str(folder)], tmp_path / "out.csv", batch_size=8, top_k=1)
+    errors = {row["file"].rsplit("/", 1)[1]: row["error"] for row in _rows(tmp_path / "out.csv")}
+    assert summary["files"] == 5 and summary["predicted"] == 1
+    assert errors == {
+        "bomb.png": "20000x20000 pixels is over the 100-megapixel bound; scale it down",
+        "gone.jpg": "cannot be read: a link to a missing file",
+        "photo.jpg": "",
+        "pipe.jpg": "cannot be read: a FIFO, not an image file",
+        "zero.jpg": "cannot be read: a device, not an image file",
+    }
+
+
+RSS_SCRIPT = """
+import resource, sys
+from pathlib import Path
+from transfer.predict import predict_to_csv
+model, photo, bomb, out = sys.argv[1:5]
+predict_to_csv(Path(model), [photo], Path(out), 8, 1)  # TensorFlow and the model warmed up on a photo
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+summary = predict_to_csv(Path(model), [bomb, photo], Path(out), 8, 1)
+print(summary["errors"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def test_a_decompression_bomb_that_pillow_cannot_parse_costs_predict_no_memory(model_path, shapes_folder, tmp_path):
+    """The 20000x20000 PNG of a few KB whose text chunk Pillow refuses: TensorFlow would decode 7 GB of it.
+    The gate reads its size from the IHDR chunk and refuses it; peak memory grows by under 200 MB."""
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bomb_png())
+    result = subprocess.run(
+        [sys.executable, "-c", RSS_SCRIPT, str(model_path), str(shapes_folder / "circle" / "circle_000.jpg"),
+         str(bomb), str(tmp_path / "out.csv")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    errors, growth_kib = (int(value) for value in result.stdout.split()[-2:])
+    assert errors == 1 and growth_kib < 200 * 1024
