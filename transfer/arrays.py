@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer.errors import DataError
-from transfer.layout import SHIPPED_TEST_PREFIX
+from transfer.layout import SHIPPED_TEST_PREFIX, class_name_problem
 
 KERAS_PREFIX = "keras:"
 
@@ -122,9 +122,11 @@ def arrays_from_npz(path: Path, max_bytes: int) -> ArraySet:
     try:
         with zipfile.ZipFile(path) as members:
             unpacked = sum(member.file_size for member in members.infolist())
-        if unpacked > max_bytes:
-            raise DataError(f"{path} unpacks to {unpacked} bytes of arrays, over data.max_bytes = {max_bytes}; "
-                            "raise data.max_bytes to load it")
+            if unpacked > max_bytes:
+                raise DataError(f"{path} unpacks to {unpacked} bytes of arrays, over data.max_bytes = {max_bytes}; "
+                                "raise data.max_bytes to load it")
+            for member in members.infolist():
+                _check_declared(path, members, member)
         with np.load(path, allow_pickle=False) as bundle:
             arrays = {key: bundle[key] for key in bundle.files}
     except ValueError as error:
@@ -157,6 +159,27 @@ def arrays_from_npz(path: Path, max_bytes: int) -> ArraySet:
         top = int(max(y.max(initial=0), y_test.max(initial=0) if y_test is not None else 0))
         classes = [str(index) for index in range(top + 1)]
     return ArraySet(x=x, y=y, classes=classes, x_test=x_test, y_test=y_test)
+
+
+def _check_declared(path: Path, members: zipfile.ZipFile, member: zipfile.ZipInfo) -> None:
+    """Refuse an array whose header declares more data than its member holds, before NumPy allocates for it: a
+    few hundred bytes can declare an array of a terabyte, and ``np.load`` allocates the shape first."""
+    if not member.filename.endswith(".npy"):
+        return
+    with members.open(member) as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:
+            raise ValueError(f"{member.filename}: .npy format version {version} is not supported")
+        shape, _, dtype = read_header(handle, max_header_size=10_000)
+        header_bytes = handle.tell()
+    if dtype.hasobject:
+        raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if declared > member.file_size - header_bytes:
+        raise DataError(f"{path}: array {member.filename[:-4]!r} declares shape {tuple(shape)} of {dtype} "
+                        f"({declared} bytes) but holds {member.file_size - header_bytes}: a broken or crafted file")
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -198,6 +221,11 @@ def cifar_layout(folder: Path) -> str | None:
 def _cifar_images(batch: dict, name: str, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     if "data" not in batch or label_key not in batch:
         raise DataError(f"CIFAR batch {name} has no {'data' if 'data' not in batch else label_key}")
+    # An array, as every CIFAR batch holds it: its pixels are bytes of the pickle itself. A list of rows could be
+    # a few references to one row repeated (a 3.7 KB archive of 400,000 "images", 1.2 GB once converted).
+    if not isinstance(batch["data"], np.ndarray):
+        raise DataError(f"CIFAR batch {name} holds its data as a {type(batch['data']).__name__}, not an array: not a "
+                        "CIFAR python batch")
     data = np.asarray(batch["data"], dtype=np.uint8)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DataError(f"CIFAR batch {name} has data of shape {data.shape}; expected (N, 3072)")
@@ -236,9 +264,10 @@ def arrays_from_cifar(folder: Path) -> ArraySet:
 
 def _check_names(classes: list[str]) -> None:
     for name in classes:
-        if not name.strip() or name.startswith(".") or any(char in name for char in "/\\\0"):
-            raise DataError(f"class name {name!r} cannot name a class folder: names may not be empty, start with "
-                            "'.' or contain '/', '\\' or NUL")
+        problem = class_name_problem(name)
+        if problem:
+            shown = name if len(name) <= 60 else name[:57] + "..."
+            raise DataError(f"class name {shown!r} cannot name a class folder: {problem}")
     repeated = sorted({name for name in classes if classes.count(name) > 1})
     if repeated:
         raise DataError(f"class names repeat: {', '.join(repeated)}")

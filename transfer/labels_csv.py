@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from transfer.errors import DataError, ParamError
-from transfer.layout import visible_files
+from transfer.layout import class_name_problem, visible_files
 from transfer.params import LABELS_FOLDER, input_file
 
 # Header names recognised (case-insensitive), in order of preference.
@@ -92,15 +92,15 @@ def read_labels(path: Path) -> list[tuple[str, str]]:
 
 
 def _check_label(label: str, csv_path: Path) -> None:
-    if label in (".", "..") or label.startswith(".") or any(char in label for char in "/\\\0"):
-        raise DataError(
-            f"labels CSV {csv_path} has label {label!r}, which cannot name a class folder: labels may not "
-            "start with '.' or contain '/', '\\' or NUL"
-        )
+    problem = class_name_problem(label)
+    if problem:
+        shown = label if len(label) <= 60 else label[:57] + "..."
+        raise DataError(f"labels CSV {csv_path} has label {shown!r}, which cannot name a class folder: {problem}")
 
 
 class _ImageIndex:
-    """Every visible file under a folder, found by relative path, by file name, or by name without extension."""
+    """Every visible file under a folder, found by its path under the folder (with or without its extension); an
+    entry that names no folder (Kaggle's bare ids) also by its file name, or name without extension, anywhere."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -114,13 +114,16 @@ class _ImageIndex:
             self._by_stem[pure.stem].append(relative)
 
     def find(self, listed: str) -> list[str]:
-        """The files a CSV entry may mean: an exact path first, then with an image extension, then by name."""
+        """The files a CSV entry may mean: its exact path, then with an image extension; an entry with no folder
+        in it, then by its name in any folder. An entry that names a folder binds by its path alone, so a wrong
+        folder (or ``../../etc/passwd``) never picks up another file of the same name."""
         listed = listed.replace("\\", "/").removeprefix("./")
         for candidate in (listed, *(listed + suffix for suffix in IMAGE_SUFFIXES)):
             if candidate in self._known:
                 return [candidate]
-        name = PurePosixPath(listed).name
-        return self._by_name.get(name) or self._by_stem.get(name) or []
+        if "/" in listed:
+            return []
+        return self._by_name.get(listed) or self._by_stem.get(listed) or []
 
 
 def arrange_by_label(csv_path: Path, images_root: Path, target: Path) -> Arranged:
@@ -147,7 +150,8 @@ def arrange_by_label(csv_path: Path, images_root: Path, target: Path) -> Arrange
         _check_label(label, csv_path)
         found = index.find(listed)
         if not found:
-            excluded.append({"path": listed, "reason": f"listed in {csv_path.name} but no such image"})
+            where = " at that path" if "/" in listed.replace("\\", "/") else ""
+            excluded.append({"path": listed, "reason": f"listed in {csv_path.name} but no such image{where}"})
         elif len(found) > 1:
             raise DataError(
                 f"labels CSV {csv_path} names {listed!r}, which matches {len(found)} files: "

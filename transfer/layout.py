@@ -33,6 +33,25 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
+# The longest file name most file systems take, in bytes (NAME_MAX): a class is a folder under data/raw.
+MAX_NAME_BYTES = 255
+
+
+def class_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a class (it becomes a folder under data/raw), or None when it can. One rule for
+    every source that names classes: a labels CSV, an array data set's class names."""
+    if not name.strip():
+        return "a class name may not be empty"
+    if name.startswith("."):
+        return "a class name may not start with '.' (the folder would be hidden)"
+    if any(char in name for char in "/\\\0"):
+        return "a class name may not contain '/', '\\' or NUL"
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > MAX_NAME_BYTES:
+        return f"a class name may take at most {MAX_NAME_BYTES} bytes as a folder name; this one takes {size}"
+    return None
+
+
 def visible_files(root: Path) -> list[Path]:
     """Every file under ``root``, at any depth, that is not hidden and not inside a hidden folder; sorted."""
     return sorted(

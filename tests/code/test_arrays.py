@@ -4,6 +4,7 @@ import csv
 import io
 import pickle
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -223,3 +224,39 @@ def test_split_keeps_the_test_split_a_data_set_ships(tmp_path, keep):
         assert report["test_split"].startswith("drawn: split.test = 0.15 of each class, from all images")
         assert report["split_sizes"]["test"] == 8
         assert any(Path(path).name.startswith("test-") for path in drawn)
+
+
+def test_a_npz_whose_header_declares_a_huge_array_is_refused_before_numpy_allocates_it(tmp_path):
+    """A few hundred bytes whose .npy header declares 500000 x 500000 float64 (2 TB): np.load would try to
+    allocate it; the declared size is checked against what the member holds first."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (500000, 500000)})
+    with zipfile.ZipFile(tmp_path / "crafted.npz", "w") as bundle:
+        bundle.writestr("x.npy", header.getvalue())
+        bundle.writestr("y.npy", header.getvalue())
+    assert (tmp_path / "crafted.npz").stat().st_size < 1000
+    with pytest.raises(DataError, match=r"array 'x' declares shape \(500000, 500000\) of float64 \(2000000000000 "
+                                        r"bytes\) but holds 0: a broken or crafted file"):
+        fetch(_data(tmp_path / "crafted.npz"), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_a_cifar_batch_of_repeated_references_to_one_row_is_refused(tmp_path):
+    """A pickle can list one row 400,000 times in under 2 MB (here 100,000); converted, it is 1.2 GB and 400,000
+    PNGs. A CIFAR batch holds its pixels as an array, whose bytes are in the file."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a", b"b"]}, protocol=2))
+    row = bytes(3072)
+    batch = pickle.dumps({b"data": [row] * 100_000, b"labels": [0] * 100_000}, protocol=2)
+    assert len(batch) < 500_000
+    (folder / "data_batch_1").write_bytes(batch)
+    with pytest.raises(DataError, match="holds its data as a list, not an array"):
+        arrays.arrays_from_cifar(folder)
+
+
+def test_a_class_name_too_long_for_a_folder_is_refused_in_one_line(tmp_path):
+    np.savez(tmp_path / "long.npz", x=np.zeros((4, 9, 9, 3), np.uint8), y=np.array([0, 1, 0, 1]),
+             classes=np.array(["a" * 300, "b"]))
+    with pytest.raises(DataError, match="at most 255 bytes as a folder name; this one takes 300"):
+        fetch(_data(tmp_path / "long.npz"), tmp_path / "raw")

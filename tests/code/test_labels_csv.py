@@ -108,3 +108,27 @@ def test_a_name_matching_two_images_is_an_error(kaggle, tmp_path):
 def test_a_missing_labels_csv_names_both_places(kaggle, tmp_path):
     with pytest.raises(DataError, match=r"data.labels_csv = 'labels2.csv' is invalid: no such file inside"):
         fetch(_data(kaggle, "labels2.csv"), tmp_path / "raw")
+
+
+def test_an_id_with_a_folder_binds_by_its_path_alone(kaggle, tmp_path):
+    """``../../etc/passwd`` once bound to an unrelated images/passwd; an id in a wrong folder picked up another
+    file of the same name. An id that names a folder now binds by its path only; a bare id still finds
+    train/<id>.jpg, as Kaggle's CSVs need."""
+    (kaggle / "images").mkdir()
+    shutil.copy(kaggle / "train" / "s0000.jpg", kaggle / "images" / "passwd")
+    with (kaggle / "labels.csv").open("a") as handle:
+        handle.write("../../etc/passwd,circle\ntest/s0001,circle\ntrain/t0001,triangle\n")
+    fetched = fetch(_data(kaggle, "labels.csv"), tmp_path / "raw")
+    reasons = {row["path"]: row["reason"] for row in fetched.excluded}
+    assert reasons["../../etc/passwd"] == "listed in labels.csv but no such image at that path"
+    assert reasons["test/s0001"] == "listed in labels.csv but no such image at that path", "s0001 is in train/"
+    assert not (tmp_path / "raw" / "circle" / "images").exists()
+    assert [path.stem for path in (tmp_path / "raw" / "triangle" / "train").iterdir() if path.stem == "t0001"], \
+        "a right path binds"
+
+
+def test_a_label_too_long_for_a_folder_name_is_one_line(kaggle, tmp_path):
+    with (kaggle / "labels.csv").open("a") as handle:
+        handle.write(f"c0001,{'x' * 256}\n")
+    with pytest.raises(DataError, match="cannot name a class folder: a class name may take at most 255 bytes"):
+        fetch(_data(kaggle, "labels.csv"), tmp_path / "raw")
