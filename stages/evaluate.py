@@ -51,7 +51,7 @@ from transfer.reports import (
     summary_metrics,
 )
 from transfer.stage import run_stage
-from transfer.tracking import collect_execution, log_execution, open_store_early, tracking_uri
+from transfer.tracking import collect_execution, log_execution, open_store_early, run_recorded, tracking_uri
 
 log = logging.getLogger("evaluate")
 
@@ -120,14 +120,18 @@ def main() -> None:
                                EVALUATE_REPORTS / "gradcam.png")
         write_json(EVALUATE_REPORTS / "gradcam.json", shown)
     write_csv(EVALUATE_REPORTS / "predictions.csv", *prediction_rows(relative, labels, probabilities, classes))
-    log.info("evaluate: test accuracy %.4f, top-%d %.4f, macro F1 %.4f on %d images%s", metrics["accuracy"],
-             metrics["top_k"], metrics["top_k_accuracy"], metrics["macro_f1"], len(paths),
+    top_k = (f"top-{metrics['top_k']} {metrics['top_k_accuracy']:.4f}" if metrics["top_k_accuracy"] is not None else
+             f"top-{metrics['top_k']} not reported (evaluate.top_k is not below the {len(classes)} classes, so it "
+             "would be 1.0 whatever the model does)")
+    log.info("evaluate: test accuracy %.4f, %s, macro F1 %.4f on %d images%s", metrics["accuracy"],
+             top_k, metrics["macro_f1"], len(paths),
              f"; {len(positions)} leaked (a near-duplicate in train or val): {metrics['accuracy_without_leaked']:.4f} "
              "without them" if positions and metrics["accuracy_without_leaked"] is not None else "")
 
     # The whole execution becomes one MLflow run, gathered from the files every stage left.
     run_id = log_execution(collect_execution(model, input_size(model)))
     write_json(TRACKING_RECORD, {"run_id": run_id, "tracking_uri": tracking_uri() if run_id else None})
+    run_recorded()
 
 
 if __name__ == "__main__":

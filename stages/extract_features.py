@@ -62,7 +62,8 @@ def report_data_quality(checks: QualityParams, seed: int) -> float:
         return round(time.perf_counter() - start, 2)
     images = quality.load_images(FeatureStore(FEATURES), SPLITS)
     report = quality.assess(images, checks.folds, checks.duplicate_similarity, seed)
-    metrics = quality.summary(images, report, checks.folds, checks.duplicate_similarity)
+    metrics = quality.summary(images, report, quality.fold_count(images.labels, checks.folds),
+                              checks.duplicate_similarity)
     quality.write_report(images, report, DATA_QUALITY_REPORTS, RAW, checks.gallery, metrics)
     seconds = time.perf_counter() - start
     log.info("data quality: %d suspected label error(s), %d near-duplicate pair(s) across splits (%d test image(s) "

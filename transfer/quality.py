@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from transfer.datasets import SPLITS
+from transfer.datasets import SPLITS, split_rows
 from transfer.errors import DataError, UserError
 from transfer.io import (
     atomic_path,
@@ -109,8 +109,23 @@ def gather(features_by_split: dict[str, tuple[np.ndarray, np.ndarray]], files_by
 def load_images(store, splits_folder: Path) -> Images:
     """Every split's cached features (a :class:`transfer.features.FeatureStore`) with its file names."""
     present = [split for split in SPLITS if split in store.meta.get("counts", {})]
-    files = {split: [row["path"] for row in read_csv(splits_folder / f"{split}.csv")] for split in present}
+    files = {split: [row["path"] for row in split_rows(splits_folder, split)] for split in present}
     return gather({split: store.load(split) for split in present}, files, store.classes)
+
+
+def fold_count(labels: np.ndarray, folds: int) -> int:
+    """The folds the out-of-fold scores use: ``folds`` (quality.folds), or fewer when no class has that many
+    images, since stratified folds cannot outnumber the images of every class (60 classes of 3 photos, say).
+
+    Raises:
+        DataError: fewer than 2 images, or no class with 2.
+    """
+    if len(labels) < 2:
+        raise DataError(f"out-of-fold scores need at least 2 images; the data set has {len(labels)}")
+    largest = int(np.bincount(labels).max())
+    if largest < 2:
+        raise DataError("out-of-fold scores need a class with at least 2 images; every class has 1")
+    return min(folds, largest)
 
 
 def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, n_classes: int, folds: int,
@@ -125,11 +140,12 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, n_classe
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import Normalizer
 
-    folds = min(folds, len(labels))
-    if folds < 2:
-        raise DataError(f"out-of-fold scores need at least 2 images; the data set has {len(labels)}")
+    requested, folds = folds, fold_count(labels, folds)
     probabilities = np.zeros((len(labels), n_classes), dtype=np.float64)
-    smallest = int(np.bincount(labels, minlength=n_classes)[np.unique(labels)].min())
+    smallest = int(np.bincount(labels)[np.unique(labels)].min())
+    if folds < requested:
+        log.info("data quality: no class has more than %d images, so %d folds instead of quality.folds = %d",
+                 folds, folds, requested)
     if smallest < folds:
         log.info("data quality: the smallest class has %d image(s), fewer than %d folds", smallest, folds)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed % 2**32)

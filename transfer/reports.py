@@ -31,24 +31,24 @@ def summary_metrics(labels: np.ndarray, probabilities: np.ndarray, top_k: int) -
     Args:
         labels: [N] true class indices.
         probabilities: [N, C] predicted class probabilities.
-        top_k: k for top-k accuracy, capped at the number of classes.
+        top_k: k for top-k accuracy. With as many classes as k or fewer, every image is in its top k whatever the
+            model says, so ``top_k_accuracy`` is None (not reported) rather than a meaningless 1.0.
     """
     from sklearn.metrics import precision_recall_fscore_support
 
     num_classes = probabilities.shape[1]
-    k = min(top_k, num_classes)
     predicted = probabilities.argmax(axis=1)
     scores = probability_scores(labels, probabilities)
     # Stable sort on negated scores: among tied scores the lower class index ranks first, like argmax.
-    top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    top = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
     precision, recall, f1, _ = precision_recall_fscore_support(
         labels, predicted, labels=range(num_classes), average="macro", zero_division=0
     )
     return {
         "accuracy": scores["accuracy"],
         "loss": scores["loss"],
-        "top_k_accuracy": float(np.mean((top == labels[:, None]).any(axis=1))),
-        "top_k": k,
+        "top_k_accuracy": float(np.mean((top == labels[:, None]).any(axis=1))) if top_k < num_classes else None,
+        "top_k": top_k,
         "macro_precision": float(precision),
         "macro_recall": float(recall),
         "macro_f1": float(f1),

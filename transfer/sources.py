@@ -244,6 +244,10 @@ def copy_classes(root: Path, target: Path, max_bytes: int) -> tuple[list[str], l
                      if child.is_dir() and not child.is_symlink() and not is_hidden(child.name))
     left_out = [{"path": child.name, "reason": _FOLDER_LINK}
                 for child in sorted(root.iterdir()) if child.is_symlink() and child.is_dir()]
+    # A folder named only of dots (``...``) reads as hidden, like .ipynb_checkpoints, but was hardly meant to be.
+    left_out += [{"path": child.name, "reason": "a folder named only of dots is hidden, not a class; rename it"}
+                 for child in sorted(root.iterdir())
+                 if child.is_dir() and not child.is_symlink() and not child.name.strip(".")]
     budget = [max_bytes]
     for name in classes:
         _copy_tree(root, root / name, target / name, left_out, budget)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from transfer.distribute import is_chief
-from transfer.io import read_csv, read_json
+from transfer.io import read_csv, read_json, write_json
 from transfer.layout import (
     DATA_QUALITY_REPORTS,
     DATA_REPORT,
@@ -46,6 +46,10 @@ EXPERIMENT = "transfer"
 STORE_FILE = "mlflow.db"
 ARTIFACTS_FOLDER = "mlartifacts"
 BATCH_METRICS = 1000  # the most metrics one MLflow log_batch call takes
+CONTENT_TAG = "transfer.content"  # content_digest of what the run holds
+# The run this workspace's evaluate is logging, until evaluate has recorded it in reports/tracking.json; beside
+# DVC's own scratch files, in the working copy (a queued experiment's copy has its own).
+PENDING_RUN = Path(".dvc/tmp/transfer_pending_run.json")
 LOGGER_TAG = "transfer.logged_by"  # host:pid of the process logging the run, to tell abandoned runs apart
 LOCK_RETRIES = 5  # SQLite allows one writer: queued experiments running side by side take turns.
 
@@ -154,11 +158,19 @@ def _log(mlflow, run_name: str, record: dict[str, Any]) -> str:
     client = mlflow.MlflowClient()
     experiment_id = mlflow.get_experiment_by_name(EXPERIMENT).experiment_id
     _remove_abandoned_runs(client, experiment_id)
+    content = content_digest(record)
+    earlier = _unrecorded_run(client, content)
+    if earlier is not None:
+        return earlier
     # Started back when the execution's first stage began, so the run's duration is the execution's, not
     # the second that logging it takes.
     started = time.time() - record.get("duration_seconds", 0.0)
     created = client.create_run(experiment_id, start_time=int(started * 1000),
-                                tags={**record["tags"], LOGGER_TAG: _this_logger()}, run_name=run_name)
+                                tags={**record["tags"], LOGGER_TAG: _this_logger(), CONTENT_TAG: content},
+                                run_name=run_name)
+    if PENDING_RUN.parent.parent.is_dir():  # a DVC repository's .dvc
+        PENDING_RUN.parent.mkdir(exist_ok=True)
+        write_json(PENDING_RUN, {"run_id": created.info.run_id, "content": content})
     with mlflow.start_run(run_id=created.info.run_id) as run:
         mlflow.log_params({key: str(value)[:500] for key, value in record["params"].items()})
         if record.get("params_tree") is not None:
@@ -199,6 +211,53 @@ def _log(mlflow, run_name: str, record: dict[str, Any]) -> str:
             )
             _log_photo_model(record)
         return run.info.run_id
+
+
+def content_digest(record: dict[str, Any]) -> str:
+    """What an execution logged, as a digest: its params, test and validation figures, histories and the tags
+    that place it (commit, baseline, backbone, data set); not its wall times, which differ between two runs of
+    the same work, nor its experiment's name, which DVC draws anew for each run."""
+    import hashlib
+    import json
+
+    metrics = {key: value for key, value in record["metrics"].items()
+               if not key.endswith(("_seconds", "_per_second"))}
+    tags = {key: value for key, value in record["tags"].items() if key != "dvc_exp_name"}
+    text = json.dumps({"params": record["params"], "metrics": metrics, "histories": record["histories"],
+                       "tags": tags}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _unrecorded_run(client, content: str) -> str | None:
+    """The run an earlier evaluate of this workspace logged and was stopped (kill -9) before DVC recorded it,
+    when it holds this very execution: its id, to be recorded now instead of logging a copy. Such a run that
+    holds another execution is deleted, since no ``dvc.lock`` will ever name it (``mlflow runs restore`` brings
+    it back)."""
+    if not PENDING_RUN.is_file():
+        return None
+    pending = read_json(PENDING_RUN).get("run_id")
+    PENDING_RUN.unlink()
+    try:
+        run = client.get_run(pending)
+    except Exception:  # noqa: BLE001 - deleted or never created: nothing to reuse
+        return None
+    if run.info.lifecycle_stage != "active":
+        return None
+    if run.info.status == "FINISHED" and run.data.tags.get(CONTENT_TAG) == content:
+        log.info("mlflow: run %s already holds this execution (an earlier evaluate logged it and was stopped "
+                 "before DVC recorded it); not logged again", pending)
+        return pending
+    if run.info.status == "RUNNING":
+        client.set_terminated(pending, status="KILLED")
+    client.delete_run(pending)
+    log.info("mlflow: removed run %s, logged by an evaluate that was stopped before DVC recorded it", pending)
+    return None
+
+
+def run_recorded() -> None:
+    """Evaluate has written the run's id into its record (``reports/tracking.json``): the run is no longer one
+    that a stopped evaluate could leave unrecorded."""
+    PENDING_RUN.unlink(missing_ok=True)
 
 
 def _this_logger() -> str:

@@ -46,10 +46,13 @@ def test_summary_metrics_equal_scikit_learn(known):
     assert figures["top_k"] == 2 and figures["images"] == 60
 
 
-def test_top_k_is_capped_at_the_number_of_classes(known):
+def test_top_k_of_every_class_is_not_reported_as_a_perfect_score(known):
+    """evaluate.top_k: 50 with 6 classes once became top-6 and reported 1.0."""
     labels, probabilities = known
-    figures = summary_metrics(labels, probabilities, top_k=10)
-    assert figures["top_k"] == 4 and figures["top_k_accuracy"] == 1.0
+    for k in (4, 10):
+        figures = summary_metrics(labels, probabilities, top_k=k)
+        assert figures["top_k"] == k and figures["top_k_accuracy"] is None
+    assert summary_metrics(labels, probabilities, top_k=3)["top_k_accuracy"] is not None
 
 
 def test_per_class_and_report_agree_with_scikit_learn(known):

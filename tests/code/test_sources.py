@@ -47,6 +47,15 @@ def test_a_folder_is_copied_without_hidden_entries(shapes_folder, tmp_path):
     assert _classes(tmp_path / "raw") == {"circle": 20, "square": 20, "triangle": 20}
 
 
+def test_a_class_folder_named_only_of_dots_is_listed_not_dropped_silently(shapes_folder, tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(shapes_folder, source)
+    shutil.copytree(source / "circle", source / "...")
+    fetched = fetch(_data(source), tmp_path / "raw")
+    assert fetched.classes == ["circle", "square", "triangle"]
+    assert {"path": "...", "reason": "a folder named only of dots is hidden, not a class; rename it"} in fetched.excluded
+
+
 def test_an_archive_with_a_top_folder_and_a_license_file(shapes_folder, tmp_path):
     staged = tmp_path / "staged"
     shutil.copytree(shapes_folder, staged)

@@ -165,3 +165,28 @@ def test_a_store_opened_early_in_the_background_is_the_one_the_run_is_logged_to(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     tracking.open_store_early()
     assert tracking._opening is None, "a server is left to log_execution, its time-outs and its warning"
+
+
+def test_an_evaluate_stopped_after_logging_leaves_no_second_copy_of_its_run(store, monkeypatch):
+    """kill -9 after evaluate logged its run and before it was recorded: DVC runs evaluate again, which finds
+    the run it logged (the same content) and records that one instead of a duplicate. A run it left that
+    holds other content is deleted, since no dvc.lock can name it; once recorded, a run is never touched."""
+    import mlflow
+
+    monkeypatch.chdir(store)
+    (store / ".dvc").mkdir()
+    first = tracking.log_execution(_record(store))
+    assert tracking.PENDING_RUN.is_file(), "logged, not yet recorded"
+    again = tracking.log_execution(_record(store / "again"))  # the re-run after the kill: same execution
+    client = mlflow.MlflowClient(tracking.tracking_uri())
+    experiment = client.get_run(first).info.experiment_id
+    assert again == first and len(client.search_runs([experiment])) == 1
+    tracking.run_recorded()
+    assert not tracking.PENDING_RUN.exists()
+    third = tracking.log_execution(_record(store / "third"))
+    assert third != first and len(client.search_runs([experiment])) == 2, "a recorded run is not reused"
+    changed = _record(store / "changed")
+    changed["metrics"] = {**changed["metrics"], "accuracy": 0.5}
+    fourth = tracking.log_execution(changed)  # third was never recorded and holds other content
+    assert client.get_run(third).info.lifecycle_stage == "deleted"
+    assert {run.info.run_id for run in client.search_runs([experiment])} == {first, fourth}

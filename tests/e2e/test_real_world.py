@@ -322,3 +322,26 @@ def test_photos_changed_in_place_are_a_change_dvc_sees(repo, dirty_source, tmp_p
     assert circles_moved == circles - 4, (circles, circles_moved)
     assert list(archived) == ["download"], archived
     assert archived["download"][0]["changed deps"] == {str(archive): "modified"}, archived
+
+
+def test_sixty_classes_of_three_photos_run_through_with_fewer_folds(tmp_path):
+    """Every class smaller than quality.folds (5) once stopped extract-features with scikit-learn's traceback.
+    The data-quality report now takes as many folds as the largest class allows, and says so."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    source = tmp_path / "photos"
+    for index in range(60):
+        colour = rng.integers(0, 256, 3)
+        (source / f"class_{index:02d}").mkdir(parents=True)
+        for copy in range(3):
+            pixels = np.clip(colour + rng.normal(0, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(source / f"class_{index:02d}" / f"{copy}.png")
+    settings = {key: value for key, value in PARAMS.items() if not key.startswith("split.")}
+    repo = make_pipeline_repo(tmp_path / "repo", {**settings, "data.source": str(source)})
+    result = run(["dvc", "repro"], repo, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no class has more than 3 images, so 3 folds instead of quality.folds = 5" in result.stderr
+    assert json.loads((repo / "reports/data_quality/metrics.json").read_text())["folds"] == 3
+    assert json.loads((repo / "reports/metrics.json").read_text())["images"] == 60
