@@ -179,8 +179,11 @@ def finetune_peak_rss_kib(repo: Path, folder: Path, times: int) -> int:
     (folder / "trunk/meta.json").write_text(json.dumps({**meta, "counts": {**meta["counts"], "train": count * times}}))
     np.save(folder / "train_labels.npy", np.tile(np.load(features / "train_labels.npy"), times))
     np.save(folder / "val_labels.npy", np.load(features / "val_labels.npy"))
+    # In the repository: its params name the weights file by a path relative to it (inputs/weights/...).
     result = subprocess.run([sys.executable, "-c", FINETUNE_RSS_SCRIPT, str(ROOT), str(repo), str(folder)],
-                            capture_output=True, text=True, check=True)
+                            capture_output=True, text=True, cwd=repo)
+    if result.returncode != 0:
+        raise SystemExit(f"error: the fine-tune memory probe failed:\n{result.stderr[-3000:]}")
     return int(result.stdout.strip().splitlines()[-1])
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from tests.helpers import bomb_png
 from transfer.datasets import (
     data_report,
     decode_problem,
@@ -203,6 +204,22 @@ def test_splits_round_trip_with_the_class_order(raw, tmp_path):
     assert [classes[i] for i in labels] == [label for _, label in splits["test"]]
     assert all(path.startswith(str(raw)) for path in paths)
     assert labels.dtype == np.int32
+
+
+def test_split_csvs_hold_formula_like_names_as_text_and_read_them_back(tmp_path):
+    """A class named -2+3 (its files' paths start with it) opens in a spreadsheet as text, as the reports do."""
+    splits = {"train": [("-2+3/=cmd|' /C calc'!A0.jpg", "-2+3"), ("b/x.jpg", "b")], "val": [], "test": []}
+    write_splits(tmp_path / "splits", splits, ["-2+3", "b"])
+    text = (tmp_path / "splits" / "train.csv").read_text()
+    assert "\n'-2+3/=cmd" in text and ",'-2+3\n" in text
+    paths, labels = read_split(tmp_path / "splits", "train", tmp_path / "raw", ["-2+3", "b"])
+    assert paths[0] == str(tmp_path / "raw" / "-2+3/=cmd|' /C calc'!A0.jpg") and labels.tolist() == [0, 1]
+
+
+def test_the_bomb_png_pillow_cannot_parse_is_refused_by_split_from_its_header(raw):
+    (raw / "circle" / "bomb.png").write_bytes(bomb_png())
+    reasons = {row["path"]: row["reason"] for row in scan_images(raw).excluded}
+    assert reasons == {"circle/bomb.png": "20000x20000 pixels is over the 100-megapixel bound; scale it down"}
 
 
 def _sideways(path: Path, orientation: int, fmt: str) -> np.ndarray:
