@@ -172,6 +172,13 @@ def _log(model_path: Path, signature) -> None:
         code_paths=[str(Path(__file__).resolve().parent)],
         signature=signature,
         # Stated, not inferred: inference reloads the model in a subprocess, which costs minutes.
-        pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}", "pillow", "pandas",
+        pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
+                          f"pillow=={_version('pillow')}", f"pandas=={_version('pandas')}",
                           f"mlflow=={mlflow.__version__}"],
     )
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
