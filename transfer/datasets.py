@@ -7,6 +7,7 @@ later stage reads it from there, never from the folder names again.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import os
@@ -329,18 +330,27 @@ def exif_orientation(source: Path | str | bytes) -> int:
     upright, and so does the pipeline (:func:`decode_resized`), in training, evaluation, predict and serving.
     Only the header is read.
     """
+    Image = _pillow()
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            value = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 (no readable EXIF: the pixels stand as stored)
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+@functools.cache
+def _pillow():
+    """Pillow's Image module, its DecompressionBombWarning silenced once for the process: only headers are read
+    through it, and the decode gate (:func:`decode_problem`) bounds every image before it is decoded. A filter set
+    once, not ``warnings.catch_warnings`` around each read, which is not thread-safe: headers are read from
+    several threads, and an interleaved restore can leave every warning silenced."""
     import warnings
 
     from PIL import Image
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a huge image's DecompressionBombWarning: the header is all we read
-            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-                value = image.getexif().get(EXIF_ORIENTATION, 1)
-    except Exception:  # noqa: BLE001 (no readable EXIF: the pixels stand as stored)
-        return 1
-    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    return Image
 
 
 def exif_orientations(paths: list[str], workers: int = 8) -> list[int]:

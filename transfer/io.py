@@ -141,6 +141,7 @@ def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Seq
 
 
 def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
-    """Read a CSV file with a header row into a list of dicts."""
-    with Path(path).open(newline="", encoding="utf-8") as handle:
+    """Read a CSV file with a header row into a list of dicts. A byte-order mark (a spreadsheet's "CSV UTF-8")
+    is not part of the first column's name."""
+    with Path(path).open(newline="", encoding="utf-8-sig") as handle:
         return list(csv.DictReader(handle))

@@ -266,3 +266,15 @@ def test_a_phone_jpeg_and_files_without_exif_read_as_expected(tmp_path):
     np.testing.assert_allclose(first, second, atol=1e-4)
     assert exif_orientation(plain) == 1 and exif_orientation(b"not an image") == 1
     assert exif_orientation(tmp_path / "missing.jpg") == 1
+
+
+def test_reading_orientations_from_many_threads_leaves_the_warning_filters_as_they_were(raw):
+    import warnings
+
+    from transfer.datasets import exif_orientations
+
+    paths = [str(path) for path in sorted(raw.rglob("*.*"))] * 4
+    exif_orientations(paths[:1])  # Pillow's one filter, set once at first use
+    before = list(warnings.filters)
+    assert exif_orientations(paths, workers=8) == [1] * len(paths)
+    assert warnings.filters == before

@@ -56,3 +56,12 @@ def test_a_scratch_folder_goes_away_whatever_happens(tmp_path):
         (scratch / "download").write_bytes(b"partial")
         raise ValueError("connection reset")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_csv_saved_by_a_spreadsheet_with_a_byte_order_mark_reads_as_any_other(tmp_path):
+    """curation/exclude.csv saved as "CSV UTF-8" starts with a BOM: split's reader took it, the data-quality
+    report's (quality.add_exclusions, through read_csv) found "no 'file' column"."""
+    from transfer.io import read_csv
+
+    (tmp_path / "exclude.csv").write_bytes("\ufefffile,reason\nroses/1.jpg,blurred\n".encode())
+    assert read_csv(tmp_path / "exclude.csv") == [{"file": "roses/1.jpg", "reason": "blurred"}]
