@@ -16,6 +16,7 @@ import logging
 import os
 import posixpath
 import shutil
+import sys
 import tarfile
 import time
 import urllib.error
@@ -151,7 +152,11 @@ def extract(archive: Path, target: Path, max_bytes: int) -> None:
                 if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
                     raise DataError(f"archive {archive} is refused: member {member.name!r} is a device or pipe")
             _check_size(sum(member.size for member in members if member.isfile()), archive, max_bytes)
-            # The "data" filter repeats these checks inside tarfile itself.
+            # The "data" filter repeats these checks inside tarfile itself; Pythons before 3.10.12 and 3.11.4
+            # lack it (pyproject.toml's floor), and there is no safe unpacking without it.
+            if not hasattr(tarfile, "data_filter"):
+                raise DataError(f"archive {archive} cannot be unpacked safely on Python {sys.version.split()[0]}: "
+                                "tarfile's extraction filters need Python 3.10.12, 3.11.4 or later")
             bundle.extractall(target, filter="data")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
         detail = " ".join(str(error).split())  # tarfile lists each method it tried on lines of their own
