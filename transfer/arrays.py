@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer.errors import DataError
+from transfer.io import shortened
 from transfer.layout import SHIPPED_TEST_PREFIX, class_name_problem
 
 KERAS_PREFIX = "keras:"
@@ -266,8 +267,7 @@ def _check_names(classes: list[str]) -> None:
     for name in classes:
         problem = class_name_problem(name)
         if problem:
-            shown = name if len(name) <= 60 else name[:57] + "..."
-            raise DataError(f"class name {shown!r} cannot name a class folder: {problem}")
+            raise DataError(f"class name {shortened(name)!r} cannot name a class folder: {problem}")
     repeated = sorted({name for name in classes if classes.count(name) > 1})
     if repeated:
         raise DataError(f"class names repeat: {', '.join(repeated)}")

@@ -126,6 +126,11 @@ def from_spreadsheet_safe(text: str) -> str:
     return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_STARTS) else text
 
 
+def shortened(text: str, limit: int = 60) -> str:
+    """``text`` cut to ``limit`` characters, an ellipsis marking the cut: a user's value quoted in a message."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def displayed_path(path: str | os.PathLike) -> str:
     """A path as text that can always be written: bytes of a name that are not UTF-8 shown as ``\\xNN``."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")

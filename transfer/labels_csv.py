@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from transfer.errors import DataError, ParamError
+from transfer.io import shortened
 from transfer.layout import class_name_problem, visible_files
 from transfer.params import LABELS_FOLDER, input_file
 
@@ -94,8 +95,8 @@ def read_labels(path: Path) -> list[tuple[str, str]]:
 def _check_label(label: str, csv_path: Path) -> None:
     problem = class_name_problem(label)
     if problem:
-        shown = label if len(label) <= 60 else label[:57] + "..."
-        raise DataError(f"labels CSV {csv_path} has label {shown!r}, which cannot name a class folder: {problem}")
+        raise DataError(f"labels CSV {csv_path} has label {shortened(label)!r}, which cannot name a class folder: "
+                        f"{problem}")
 
 
 class _ImageIndex:

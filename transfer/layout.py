@@ -52,11 +52,16 @@ def class_name_problem(name: str) -> str | None:
     return None
 
 
-def visible_files(root: Path) -> list[Path]:
-    """Every file under ``root``, at any depth, that is not hidden and not inside a hidden folder; sorted."""
+def visible_files(root: Path, special: bool = False) -> list[Path]:
+    """Every file under ``root``, at any depth, that is not hidden and not inside a hidden folder; sorted.
+
+    ``special``: also what only looks like a file (a FIFO, a dangling link, a link to a device), for callers that
+    give each entry its own row and reason instead of opening it blindly (``predict``).
+    """
     return sorted(
         path for path in root.rglob("*")
-        if path.is_file() and not any(is_hidden(part) for part in path.relative_to(root).parts)
+        if (not path.is_dir() if special else path.is_file())
+        and not any(is_hidden(part) for part in path.relative_to(root).parts)
     )
 
 # reports/data_quality: what the data-quality report writes (and metrics.json, its counts).

@@ -17,7 +17,7 @@ import numpy as np
 from transfer.datasets import image_dataset, read_image_file
 from transfer.errors import DataError
 from transfer.io import displayed_path, spreadsheet_safe, write_csv
-from transfer.layout import is_hidden
+from transfer.layout import visible_files
 from transfer.models import input_size
 
 GLOB_CHARACTERS = "*?["
@@ -48,7 +48,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
                 raise DataError(f"{item!r} matches no file")
             files.extend(match for match in matches if not match.is_dir())
         elif Path(item).is_dir():
-            files.extend(_entries(Path(item)))
+            files.extend(visible_files(Path(item), special=True))
         elif Path(item).exists() or Path(item).is_symlink():  # a FIFO or a dangling link gets its row too
             files.append(Path(item))
         else:
@@ -57,15 +57,6 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     if not unique:
         raise DataError(f"no files found in {', '.join(inputs)}")
     return unique
-
-
-def _entries(folder: Path) -> list[Path]:
-    """Every visible entry under ``folder`` that is not a folder: files, and also what only looks like one (a
-    FIFO, a dangling link, a link to a device), so that each gets its row and its reason."""
-    return sorted(
-        path for path in folder.rglob("*")
-        if not path.is_dir() and not any(is_hidden(part) for part in path.relative_to(folder).parts)
-    )
 
 
 def class_probabilities(model, paths: list[str], batch_size: int, tta: bool = False) -> np.ndarray:

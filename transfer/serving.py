@@ -28,6 +28,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
+from transfer.io import shortened
 from transfer.models import classes_path
 
 IMAGE_COLUMN = "image"
@@ -81,8 +82,8 @@ def image_bytes(cell) -> tuple[bytes | None, str | None]:
             return None, f"not valid base64 text ({error}): send the image file's bytes base64-encoded"
     if cell is None or (isinstance(cell, float) and cell != cell):
         return None, "empty cell: expected a base64-encoded image"
-    shown = repr(cell) if len(repr(cell)) <= 40 else repr(cell)[:37] + "..."
-    return None, f"a {type(cell).__name__} ({shown}), not an image: send the image file's bytes base64-encoded"
+    return None, (f"a {type(cell).__name__} ({shortened(repr(cell), 40)}), not an image: send the image file's "
+                  "bytes base64-encoded")
 
 
 def classify_bytes(model, classes: list[str], size: tuple[int, int], images: list):

@@ -170,7 +170,7 @@ def _log(mlflow, run_name: str, record: dict[str, Any]) -> str:
                                 run_name=run_name)
     if PENDING_RUN.parent.parent.is_dir():  # a DVC repository's .dvc
         PENDING_RUN.parent.mkdir(exist_ok=True)
-        write_json(PENDING_RUN, {"run_id": created.info.run_id, "content": content})
+        write_json(PENDING_RUN, {"run_id": created.info.run_id})
     with mlflow.start_run(run_id=created.info.run_id) as run:
         mlflow.log_params({key: str(value)[:500] for key, value in record["params"].items()})
         if record.get("params_tree") is not None:
