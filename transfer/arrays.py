@@ -1,4 +1,4 @@
-"""Array datasets as a source: ``keras:<name>``, a ``.npz`` of arrays, or a CIFAR python archive.
+"""Array datasets as a source: a ``.npz`` of arrays, or a CIFAR python archive, each by path or URL.
 
 Each is written out as ``data/raw/<class>/<split>-<index>.png``, one lossless PNG per image, so every later
 stage (and predict, export, the served model) reads it like any folder of photos. Grayscale images become RGB.
@@ -21,30 +21,6 @@ from transfer.errors import DataError
 from transfer.io import shortened
 from transfer.layout import SHIPPED_TEST_PREFIX, class_name_problem
 
-KERAS_PREFIX = "keras:"
-
-# The class names of the data sets keras.datasets loads (Keras hands back only the label numbers).
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-CIFAR100_CLASSES = (
-    "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can "
-    "castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin "
-    "elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster "
-    "man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck "
-    "pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk "
-    "skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger "
-    "tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm"
-).split()
-MNIST_CLASSES = tuple(str(digit) for digit in range(10))
-FASHION_MNIST_CLASSES = ("t-shirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
-                         "ankle_boot")
-KERAS_DATASETS = {
-    "cifar10": CIFAR10_CLASSES,
-    "cifar100": tuple(CIFAR100_CLASSES),
-    "mnist": MNIST_CLASSES,
-    "fashion_mnist": FASHION_MNIST_CLASSES,
-}
-
-
 @dataclass
 class ArraySet:
     """Images as arrays: ``x`` (N, H, W[, C]), ``y`` class indices into ``classes``; the shipped test split
@@ -57,33 +33,8 @@ class ArraySet:
     y_test: np.ndarray | None = None
 
 
-def is_keras_dataset(source: str) -> bool:
-    return source.startswith(KERAS_PREFIX)
-
-
 def is_npz(path: Path) -> bool:
     return path.name.lower().endswith(".npz")
-
-
-def load_keras(source: str) -> ArraySet:
-    """``keras:cifar10`` and the like, through keras.datasets' own download, checksum and cache (KERAS_HOME)."""
-    name = source[len(KERAS_PREFIX):]
-    if name not in KERAS_DATASETS:
-        raise DataError(f"data.source = {source!r} is invalid: expected one of "
-                        + ", ".join(KERAS_PREFIX + known for known in KERAS_DATASETS))
-    import keras
-
-    loader = getattr(keras.datasets, name)
-    try:
-        (x, y), (x_test, y_test) = loader.load_data()
-    except Exception as error:  # noqa: BLE001 - a network or cache failure, told in one line
-        detail = " ".join(str(error).split()) or type(error).__name__
-        raise DataError(
-            f"cannot load data.source {source} through keras.datasets: {detail}; offline, copy its files into "
-            "the Keras cache (~/.keras/datasets, or $KERAS_HOME/datasets) from a machine that has them, or set "
-            "data.source to a local .npz or CIFAR archive"
-        ) from None
-    return ArraySet(x=x, y=y, classes=list(KERAS_DATASETS[name]), x_test=x_test, y_test=y_test)
 
 
 def _label_indices(y: np.ndarray, what: str, classes: list[str] | None) -> tuple[np.ndarray, list[str] | None]:

@@ -407,12 +407,28 @@ class EvaluateParams:
     gradcam: int
 
 
+# Array data sets that keras.datasets knows by name, by the URL the pipeline takes instead: download's DVC
+# dependency is data.source itself, which must be a URL or a path DVC can hash.
+KERAS_DATASET_URLS = {
+    "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    "mnist": "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz",
+}
+
+
 def read_data(params: Params) -> DataParams:
+    source = params.text("data.source")
+    if source.startswith("keras:"):
+        known = KERAS_DATASET_URLS.get(source[len("keras:"):])
+        raise params.fail("data.source", source, (
+            f"a URL or a path, which DVC can track; for this data set: {known}" if known else
+            "a URL or a path, which DVC can track; for the arrays Keras names: "
+            + ", ".join(f"{name}: {url}" for name, url in KERAS_DATASET_URLS.items())))
     sha256 = params.text("data.sha256", optional=True)
     if sha256 is not None and (len(sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha256)):
         raise params.fail("data.sha256", sha256, "64 hexadecimal digits or null")
     return DataParams(
-        source=params.text("data.source"),
+        source=source,
         sha256=sha256 and sha256.lower(),
         labels_csv=params.text("data.labels_csv", optional=True),
         max_bytes=params.int("data.max_bytes", minimum=1),

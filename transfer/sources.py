@@ -1,7 +1,7 @@
 """Getting a dataset into ``data/raw/<class>/``: from a URL, a local archive, or a local folder.
 
 The images come as one subfolder per class, or as a flat folder labelled by a CSV (``data.labels_csv``).
-Array data sets (``keras:cifar10``, a ``.npz``, a CIFAR python archive) are written out as PNGs by
+Array data sets (a ``.npz``, a CIFAR python archive) are written out as PNGs by
 :mod:`transfer.arrays`.
 Downloads are checked against ``data.sha256`` when it is set, archives are extracted without letting any
 member land outside the target or unpack past ``data.max_bytes``, and the result appears under its final
@@ -26,15 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transfer.arrays import (
-    KERAS_DATASETS,
-    KERAS_PREFIX,
     ArraySet,
     arrays_from_cifar,
     arrays_from_npz,
     cifar_layout,
-    is_keras_dataset,
     is_npz,
-    load_keras,
     write_arrays,
 )
 from transfer.errors import DataError
@@ -286,8 +282,7 @@ def _local_source(source: str) -> Path:
     if path.is_file() and not path.name.lower().endswith(ARCHIVE_SUFFIXES) and not is_npz(path):
         raise DataError(
             f"data.source = {source!r} is invalid: expected a URL, a folder, an archive ending in "
-            f"{', '.join(ARCHIVE_SUFFIXES)}, a .npz of arrays, or one of "
-            + ", ".join(KERAS_PREFIX + name for name in KERAS_DATASETS)
+            f"{', '.join(ARCHIVE_SUFFIXES)}, or a .npz of arrays"
         )
     return path
 
@@ -309,18 +304,12 @@ def fetch(data: DataParams, target: Path) -> Fetched:
     """Materialise ``data.source`` as ``target/<class>/<images>``, whole or not at all.
 
     Args:
-        data: the source (URL, local archive or folder, .npz, ``keras:<name>``), its checksum, the labels
+        data: the source (URL, local archive or folder, .npz, CIFAR python archive), its checksum, the labels
             CSV if the images are not filed by class, and the size bound.
         target: the folder to create (replaced if it exists; untouched on any error).
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     with scratch_folder(target.with_name(f"{target.name}-fetch")) as scratch:
-        if is_keras_dataset(data.source):
-            _no_extras(data, "a keras.datasets data set")
-            if data.sha256:
-                raise DataError(f"data.sha256 does not apply to data.source = {data.source!r}: keras.datasets "
-                                "checks its own downloads; set it to null")
-            return _write(load_keras(data.source), target, f"keras.datasets {data.source[len(KERAS_PREFIX):]}")
         if is_url(data.source):
             # Keep the name's extension: it tells a .npz from an archive.
             archive = scratch / ("download.npz" if is_npz(Path(data.source.split("?")[0])) else "download")

@@ -1,4 +1,4 @@
-"""Array data sets as a source: a .npz, a CIFAR python archive, keras:<name>; the test split they ship."""
+"""Array data sets as a source: a .npz, a CIFAR python archive, by path or URL (never a Keras name); the test split they ship."""
 
 import csv
 import io
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import make_pipeline_repo, run
+from tests.helpers import default_params_tree, make_pipeline_repo, run
 from transfer import arrays
-from transfer.errors import DataError
+from transfer.errors import DataError, ParamError
 from transfer.io import read_json
-from transfer.params import DataParams
+from transfer.params import DataParams, Params, read_data
 from transfer.sources import fetch
 
 
@@ -174,27 +174,19 @@ def test_a_cifar_batch_that_names_other_code_is_refused_unrun(tmp_path):
     assert not marker.exists()
 
 
-def test_keras_datasets_are_loaded_by_keras_and_named(monkeypatch, tmp_path):
-    import keras
-
-    x = np.zeros((3, 28, 28), np.uint8)
-    monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data",
-                        lambda: ((x, np.array([0, 9, 0])), (x[:1], np.array([9]))))
-    fetched = fetch(_data("keras:fashion_mnist"), tmp_path / "raw")
-    assert (fetched.classes, fetched.layout, fetched.shipped_test) == (
-        ["ankle_boot", "t-shirt_top"], "keras.datasets fashion_mnist", 1)
-    assert _pixels(tmp_path / "raw" / "ankle_boot" / "test-00000.png").shape == (28, 28, 3)
-    assert len(arrays.CIFAR100_CLASSES) == 100 and len(set(arrays.CIFAR100_CLASSES)) == 100
-    with pytest.raises(DataError, match="expected one of keras:cifar10, keras:cifar100, keras:mnist"):
-        fetch(_data("keras:imagenet"), tmp_path / "raw")
-
-    def offline():
-        raise OSError("URL fetch failure: no network")
-
-    monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
-    with pytest.raises(DataError, match="cannot load data.source keras:mnist through keras.datasets: URL fetch "
-                                        "failure: no network; offline, copy its files into the Keras cache"):
-        fetch(_data("keras:mnist"), tmp_path / "raw")
+@pytest.mark.parametrize(("source", "expected"), [
+    ("keras:cifar10", "for this data set: https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
+    ("keras:cifar100", "for this data set: https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
+    ("keras:mnist", "for this data set: https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"),
+    ("keras:fashion_mnist", "for the arrays Keras names: cifar10: https://www.cs.toronto.edu/~kriz/cifar-10"),
+])
+def test_a_keras_dataset_name_is_refused_with_the_url_to_give_instead(source, expected):
+    """The pipeline names a data set by URL or path (download's DVC dependency is data.source itself)."""
+    tree = default_params_tree()
+    tree["data"]["source"] = source
+    with pytest.raises(ParamError, match=f"data.source = '{source}' is invalid: expected a URL or a path") as raised:
+        read_data(Params(tree))
+    assert expected in str(raised.value) and "\n" not in str(raised.value)
 
 
 def _split_rows(repo: Path, split: str) -> list[dict[str, str]]:
