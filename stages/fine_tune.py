@@ -53,6 +53,7 @@ from transfer.stage import run_stage
 from transfer.training import (
     best_epoch,
     blend_weights,
+    cap_note,
     class_weights,
     compile_with,
     fit,
@@ -175,6 +176,9 @@ def main() -> None:
         kept = best_epoch(rows)
         log.info("fine-tune: kept epoch %d of %d%s", kept, len(rows) - (1 if validation is not None else 0),
                  " (the head as it came: no epoch lowered the validation loss)" if kept == 0 else "")
+        capped = cap_note(rows, tune.training, "fine_tune")
+        if capped:
+            log.warning("fine-tune: %s", capped)
         if tune.blend < 1 and kept != 0:
             with setup.scope():
                 blend_weights(model.trainable_variables, start_weights, tune.blend)

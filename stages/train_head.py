@@ -30,6 +30,7 @@ from transfer.reports import plot_history
 from transfer.stage import run_stage
 from transfer.training import (
     best_epoch,
+    cap_note,
     class_weights,
     compile_with,
     fit,
@@ -108,6 +109,9 @@ def main() -> None:
     log.info("train-head: kept epoch %d of %d: val_accuracy %.4f, val_loss %.4f%s", kept, len(rows),
              scored["accuracy"], scored["loss"],
              f"; test_accuracy {tested['accuracy']:.4f} (head alone, cached features)" if tested else "")
+    capped = cap_note(rows, setting.training, "head")
+    if capped:
+        log.warning("train-head: %s", capped)
     write_json(HEAD_REPORTS / STAGE_METRICS, {
         "val_accuracy": scored["accuracy"],
         "val_loss": scored["loss"],

@@ -21,6 +21,7 @@ from transfer.errors import DataError
 from transfer.io import shortened
 from transfer.layout import SHIPPED_TEST_PREFIX, class_name_problem
 
+
 @dataclass
 class ArraySet:
     """Images as arrays: ``x`` (N, H, W[, C]), ``y`` class indices into ``classes``; the shipped test split

@@ -400,3 +400,21 @@ def best_epoch(rows: list[dict[str, Any]]) -> int:
         return 0
     key = "val_loss" if rows[0]["val_loss"] is not None else "loss"
     return min(rows, key=lambda row: row[key])["epoch"]
+
+
+def cap_note(rows: list[dict[str, Any]], params: TrainingParams, section: str) -> str | None:
+    """A line for the log when training ran into its epoch cap still improving, else None.
+
+    Still improving: the best trained epoch lies within the last ``patience`` epochs, so early stopping had not
+    ended it and more epochs might have found a lower loss.
+    """
+    trained = [row for row in rows if row["epoch"] > 0]
+    if not trained or len(trained) < params.epochs:
+        return None
+    key = "val_loss" if trained[0]["val_loss"] is not None else "loss"
+    lowest = min(trained, key=lambda row: row[key])["epoch"]
+    if params.epochs - lowest >= max(params.patience, 1):
+        return None
+    return (f"training stopped at its cap of {params.epochs} epochs still improving ({key} lowest at epoch "
+            f"{lowest}, within the last {section}.patience = {params.patience}): a higher {section}.epochs may "
+            "find a better model")

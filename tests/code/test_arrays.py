@@ -1,4 +1,4 @@
-"""Array data sets as a source: a .npz, a CIFAR python archive, by path or URL (never a Keras name); the test split they ship."""
+"""Array data sets as a source: a .npz or a CIFAR python archive, by path or URL; the test split they ship."""
 
 import csv
 import io

@@ -9,6 +9,7 @@ from transfer.training import (
     KeepBest,
     best_epoch,
     blend_weights,
+    cap_note,
     class_weights,
     compile_for_training,
     compile_with,
@@ -96,6 +97,30 @@ def test_epoch_zero_is_kept_when_no_epoch_beats_it():
         np.testing.assert_array_equal(old, new, err_msg="the starting weights were not kept")
     assert best_epoch([{"epoch": 0, "loss": None, "accuracy": None, "val_loss": 0.0, "val_accuracy": 1.0},
                        *rows]) == 0
+
+
+def _rows(losses: list[float], start: float | None = None) -> list[dict]:
+    rows = [{"epoch": 0, "loss": None, "accuracy": None, "val_loss": start, "val_accuracy": None}] if start else []
+    return rows + [{"epoch": number, "loss": 1.0, "accuracy": 0.5, "val_loss": loss, "val_accuracy": 0.5}
+                   for number, loss in enumerate(losses, start=1)]
+
+
+def test_the_log_says_when_the_epoch_cap_stopped_training_still_improving():
+    params = TrainingParams(lr=1e-3, epochs=5, batch_size=8, patience=2, label_smoothing=0.0, class_weight="none")
+    still_falling = cap_note(_rows([0.9, 0.8, 0.7, 0.6, 0.5]), params, "head")
+    assert still_falling == ("training stopped at its cap of 5 epochs still improving (val_loss lowest at epoch 5, "
+                             "within the last head.patience = 2): a higher head.epochs may find a better model")
+    assert "lowest at epoch 4" in cap_note(_rows([0.9, 0.8, 0.7, 0.5, 0.6]), params, "fine_tune")
+    # Early stopping's own business: the lowest 2 epochs back ends training at the cap anyway.
+    assert cap_note(_rows([0.9, 0.8, 0.5, 0.6, 0.7]), params, "head") is None
+    assert cap_note(_rows([0.9, 0.8, 0.5]), params, "head") is None  # stopped early: under the cap
+    # Fine-tune's epoch 0 (the head as it came) is not a trained epoch: five trained epochs still reach the cap.
+    assert cap_note(_rows([0.9, 0.8, 0.7, 0.6, 0.5], start=0.95), params, "fine_tune").startswith(
+        "training stopped at its cap of 5 epochs")
+    no_patience = TrainingParams(lr=1e-3, epochs=3, batch_size=8, patience=0, label_smoothing=0.0,
+                                 class_weight="none")
+    assert cap_note(_rows([0.9, 0.8, 0.7]), no_patience, "head") is not None
+    assert cap_note(_rows([0.7, 0.8, 0.9]), no_patience, "head") is None
 
 
 class _Weights:
