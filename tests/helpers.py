@@ -300,3 +300,11 @@ def wait_for_http(url: str, server, seconds: float) -> None:
         output = server.stdout.read().decode(errors="replace")[-3000:] if server.stdout else ""
         raise AssertionError(f"{url} did not answer within {seconds} s (server exit code {server.returncode}):\n"
                              f"{output}")
+
+
+def native_noise(output: str) -> list[str]:
+    """The lines of ``output`` that TensorFlow's C++ logging or absl wrote (any level): none should reach a user."""
+    import re
+
+    return [line for line in output.splitlines()
+            if re.match(r"\s*[IWEF]\d{4} \d\d:\d\d:\d\d", line) or "absl::" in line or "cuInit" in line]

@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a user error is one line on stderr and exit status 2."""
+    from transfer.stage import quiet_native_logs
+
+    quiet_native_logs()  # before anything imports TensorFlow
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     try:

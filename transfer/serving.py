@@ -45,6 +45,9 @@ class PhotoClassifier(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context):
+        from transfer.stage import quiet_native_logs
+
+        quiet_native_logs()  # TensorFlow's start-up chatter out of the server's log: imported next
         from transfer.models import input_size, load_model
 
         self.model, self.classes = load_model(Path(context.artifacts["model"]))

@@ -22,15 +22,17 @@ _started: float | None = None  # time.time() when the running stage's run_stage 
 # TensorFlow's native start-up chatter, which TF_CPP_MIN_LOG_LEVEL no longer silences (its messages come before
 # absl's logging is initialised): info and warning lines, the line announcing them, the CPU-instructions note,
 # the failed CUDA probe of every machine without a GPU, and tf.data's note that a graph names an attribute its op
-# does not know (use_unbounded_threadpool: written by this TensorFlow itself, harmless). Real errors (other E lines)
-# still pass.
+# does not know (use_unbounded_threadpool: written by this TensorFlow itself, harmless), and oneDNN's note that it
+# falls back to Eigen for uint8 on CPUs without AVX-512. Real errors (other E lines) still pass.
 NATIVE_NOISE = re.compile(
     rb"^(?:[IW]\d{4} \d\d:\d\d:\d\d"
     rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
     rb"|E\d{4} .*failed call to cuInit"
     rb"|E\d{4} .*NodeDef mentions attribute use_unbounded_threadpool"
+    rb"|E\d{4} .*oneDNN supports DT_UINT8 only on platforms with AVX-512"
     rb"|To enable the following instructions: .*rebuild TensorFlow)"
 )
+_quieted = False  # whether this process's stderr already goes through the filter
 _HELD_BACK = b"IWET"  # a line starting with one of these may be noise: held until it is whole
 _LONGEST_NOISE_PREFIX = 200
 
@@ -38,9 +40,11 @@ _LONGEST_NOISE_PREFIX = 200
 def quiet_native_logs() -> None:
     """Filter :data:`NATIVE_NOISE` out of this process's stderr at the file-descriptor level, where TensorFlow's
     C++ writes; everything else passes at once (progress bars included). ``TF_CPP_MIN_LOG_LEVEL=0`` keeps it
-    all. Only for a stage run as a script: under a test's captured stderr it does nothing.
+    all. For a process whose stderr is file descriptor 2 (a stage, ``python -m transfer``, the served model);
+    under a test's captured stderr it does nothing. A second call does nothing either.
     """
-    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+    global _quieted
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0" or _quieted:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
@@ -52,6 +56,7 @@ def quiet_native_logs() -> None:
         return
     os.dup2(write_end, 2)
     os.close(write_end)
+    _quieted = True
 
     def pump() -> None:
         passing, pending = False, b""

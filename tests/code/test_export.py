@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, tiny_classifier
+from tests.helpers import REPO, native_noise, tiny_classifier
 from transfer import export
 from transfer.datasets import load_image
 from transfer.errors import DataError
@@ -81,6 +81,17 @@ def test_a_float_tflite_export_agrees_in_a_fresh_process(trained, tmp_path, quan
     reference = _keras(model_path, resized)
     assert (fresh.argmax(axis=1) == reference.argmax(axis=1)).mean() >= 0.99
     np.testing.assert_allclose(fresh, reference, atol=tolerance)
+
+
+def test_the_export_command_writes_its_report_and_no_tensorflow_chatter(trained, tmp_path):
+    model_path, images = trained
+    out = tmp_path / "model.tflite"
+    result = subprocess.run([sys.executable, "-m", "transfer", "export", str(model_path), "--format", "tflite",
+                             "--out", str(out), "--images", *map(str, images[:8])],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["top1_agreement"] == 1.0 and out.is_file()
+    assert not native_noise(result.stderr), result.stderr
 
 
 def test_an_int8_export_is_smaller_and_its_agreement_reported(trained, tmp_path):

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, bomb_png, tiny_classifier
+from tests.helpers import REPO, bomb_png, native_noise, tiny_classifier
 from transfer.datasets import load_image
 from transfer.errors import DataError
 from transfer.models import save_model
@@ -96,6 +96,7 @@ def test_the_command_line(model_path, photos, tmp_path):
         cwd=REPO, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr
+    assert not native_noise(result.stderr), result.stderr
     rows = _rows(tmp_path / "cli.csv")
     assert len(rows) == 21 and "top_3" in rows[0], "top-k is capped at the number of classes"
     missing = subprocess.run([sys.executable, "-m", "transfer", "predict", str(tmp_path / "none.keras"), str(photos)],

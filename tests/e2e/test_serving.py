@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import bomb_png, free_port, make_shapes_dataset, pipeline_env, tiny_classifier, wait_for_http
+from tests.helpers import (
+    bomb_png,
+    free_port,
+    make_shapes_dataset,
+    native_noise,
+    pipeline_env,
+    tiny_classifier,
+    wait_for_http,
+)
 from transfer.io import read_csv
 from transfer.models import save_model
 from transfer.predict import predict_to_csv
@@ -82,6 +90,8 @@ def test_served_photos_come_back_as_predict_writes_them(logged, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+    served_log = server.stdout.read().decode(errors="replace")
+    assert not native_noise(served_log), served_log
 
     predict_to_csv(folder / "model.keras", [str(path) for path in files], tmp_path / "predictions.csv", 8, 3)
     expected = read_csv(tmp_path / "predictions.csv")
