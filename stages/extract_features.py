@@ -60,16 +60,16 @@ def report_data_quality(checks: QualityParams, seed: int) -> float:
         quality.write_report_off(DATA_QUALITY_REPORTS)
         log.info("data quality: not checked (quality.report is false)")
         return round(time.perf_counter() - start, 2)
-    images = quality.load_images(FeatureStore(FEATURES), SPLITS)
-    report = quality.assess(images, checks.folds, checks.duplicate_similarity, seed)
+    images = quality.load_images(FeatureStore(FEATURES), SPLITS, RAW)
+    report = quality.assess(images, checks.folds, checks.duplicate_ratio, seed)
     metrics = quality.summary(images, report, quality.fold_count(images.labels, checks.folds),
-                              checks.duplicate_similarity)
+                              checks.duplicate_ratio)
     quality.write_report(images, report, DATA_QUALITY_REPORTS, RAW, checks.gallery, metrics)
     seconds = time.perf_counter() - start
     log.info("data quality: %d suspected label error(s), %d near-duplicate pair(s) across splits (%d test image(s) "
              "leaked), %d outlier(s), in %.1f s (see %s)", metrics["label_issues"], metrics["near_duplicate_pairs"],
              metrics["leaked_test_images"], metrics["outliers"], seconds, DATA_QUALITY_REPORTS)
-    warning = quality.implausible_duplicates(images, report, checks.duplicate_similarity)
+    warning = quality.implausible_duplicates(images, report, checks.duplicate_ratio)
     if warning:
         log.warning("WARNING: data quality: %s", warning)
     return round(seconds, 2)

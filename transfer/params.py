@@ -264,13 +264,14 @@ class QualityParams:
 
     Attributes:
         folds: k of the k-fold out-of-fold probabilities.
-        duplicate_similarity: the cosine similarity of features from which two images count as near-duplicates.
+        duplicate_ratio: how much closer than its usual neighbours an image's near-duplicate is, at most: the
+            pair's thumbnail distance over the images' usual distance (see :mod:`transfer.quality`).
         gallery: images shown in each of the label-suspect and outlier figures.
         report: whether to make the report at all (off: the folder says so, and nothing in it is checked).
     """
 
     folds: int
-    duplicate_similarity: float
+    duplicate_ratio: float
     gallery: int
     report: bool = True
 
@@ -458,7 +459,7 @@ def read_curation(params: Params) -> CurationParams:
 def read_quality(params: Params) -> QualityParams:
     return QualityParams(
         folds=params.int("quality.folds", minimum=2, maximum=100),
-        duplicate_similarity=params.number("quality.duplicate_similarity", 0.5, 1.0),
+        duplicate_ratio=params.number("quality.duplicate_ratio", 0.0, 1.0),
         gallery=params.int("quality.gallery", minimum=0, maximum=200),
         report=params.bool("quality.report"),
     )

@@ -13,20 +13,27 @@ and no backbone pass:
   class counts; its off-diagonal sum. That many of the ranking's first images are the suspects (cleanlab's
   ``low_self_confidence`` filter). On the dev photos with 5% of labels flipped, this ranking put 82-92% of
   the flipped images in its first 2x-as-many rows (five flip seeds), where pruning by noise rate found 78-86%.
-- **Near-duplicates across splits**: pairs of images from different splits whose features' cosine similarity
-  reaches a threshold (resized or re-encoded copies, which the byte digests of the split stage cannot tell
-  apart). A pair with a test (or val) image is a leak: the model was trained on a copy of what it is scored on.
+- **Near-duplicates across splits**: pairs of images from different splits that are one picture, resized,
+  re-encoded, recoloured slightly or mirrored (which the byte digests of the split stage cannot tell apart). A
+  pair with a test (or val) image is a leak: the model was trained on a copy of what it is scored on. They are
+  found on thumbnails, not on the backbone's features: a ``THUMBNAIL`` x ``THUMBNAIL`` colour thumbnail of each
+  image, averaged with its mirror, less the data set's mean thumbnail (so a background every photo shares
+  cancels out), compared by cosine similarity. Judged against the data's own spread: a pair is near when its
+  distance (1 - similarity) is at most ``quality.duplicate_ratio`` times each image's distance to its
+  ``USUAL_RANK``-th nearest image, or when the two are the same picture (similarity ``SAME_PICTURE`` or more, for
+  a cluster of many copies, whose usual neighbours are copies too). Pooled features are the wrong tool for this:
+  on photos of objects against one plain background, a re-encoded copy's features were often further from its
+  original's than other photos' were (bench/duplicates.py).
   All of them are counted; each image's ``PAIRS_PER_IMAGE`` most similar are listed, so the list grows with
-  the number of images, not with its square (features that make most photos look alike, such as a random
-  backbone's, would otherwise list a large share of all N^2 / 2 pairs), and every image with a near-duplicate
-  is in it.
+  the number of images, not with its square, and every image with a near-duplicate is in it.
 - **Outliers**: images far from every class. An image's closeness to a class is its mean cosine similarity to
   its ``NEIGHBOURS`` nearest images of that class (itself left out); its outlier score is one minus its
   closeness to the nearest class. Scores far above the typical (beyond the upper quartile by ``OUTLIER_IQRS``
   interquartile ranges) are flagged.
 
 The similarities are computed block by block (``BLOCK`` rows at a time), so memory grows with the number of
-images, not with its square; the time grows with its square (about a second for 4,000 images here).
+images, not with its square; the time grows with its square (about a second for 4,000 images here). The
+thumbnails are read from the photos (JPEGs decoded at reduced scale), a few percent of extraction's time.
 """
 
 from __future__ import annotations
@@ -65,8 +72,11 @@ NEIGHBOURS = 5  # nearest images of a class that measure an image's closeness to
 OUTLIER_IQRS = 1.5  # flagged: an outlier score above the upper quartile by this many interquartile ranges (Tukey)
 BLOCK = 1024  # rows of the similarity matrix computed at a time
 PAIRS_PER_IMAGE = 5  # near-duplicates listed for each image: its most similar ones in other splits
-# Over this share of images with a near-duplicate in another split, the threshold is not telling copies from
-# different photos with these features: the report says so.
+THUMBNAIL = 16  # side of the colour thumbnails near-duplicates are judged on
+USUAL_RANK = 5  # the nearest image of this rank gives an image's usual distance to the others
+SAME_PICTURE = 0.99  # thumbnail similarity from which two images are one picture, whatever their neighbours
+# Over this share of images with a near-duplicate in another split, quality.duplicate_ratio is too loose for the
+# data: the report says so.
 IMPLAUSIBLE_LEAK_SHARE = 0.5
 PROBE_C = 10.0  # inverse regularisation strength of the out-of-fold logistic regression (unit-length rows)
 
@@ -80,6 +90,7 @@ class Images:
     labels: np.ndarray  # [N] given class indices
     features: np.ndarray  # [N, D] float32
     classes: list[str]
+    thumbnails: np.ndarray | None = None  # [N, THUMBNAIL * THUMBNAIL * 3] float32 (see :func:`thumbnails`)
 
 
 def gather(features_by_split: dict[str, tuple[np.ndarray, np.ndarray]], files_by_split: dict[str, list[str]],
@@ -106,11 +117,40 @@ def gather(features_by_split: dict[str, tuple[np.ndarray, np.ndarray]], files_by
                   features=np.concatenate(features), classes=list(classes))
 
 
-def load_images(store, splits_folder: Path) -> Images:
-    """Every split's cached features (a :class:`transfer.features.FeatureStore`) with its file names."""
+def load_images(store, splits_folder: Path, raw: Path) -> Images:
+    """Every split's cached features (a :class:`transfer.features.FeatureStore`) with its file names, and
+    every image's thumbnail, read from ``raw`` (data/raw)."""
     present = [split for split in SPLITS if split in store.meta.get("counts", {})]
     files = {split: [row["path"] for row in split_rows(splits_folder, split)] for split in present}
-    return gather({split: store.load(split) for split in present}, files, store.classes)
+    images = gather({split: store.load(split) for split in present}, files, store.classes)
+    images.thumbnails = thumbnails([raw / name for name in images.files])
+    return images
+
+
+def thumbnail(path: Path) -> np.ndarray:
+    """One image as a ``THUMBNAIL`` x ``THUMBNAIL`` RGB thumbnail averaged with its mirror, flattened (float32).
+
+    Upright as its EXIF orientation says (a copy saved by an editor has it applied); a JPEG is decoded at the
+    smallest scale that still covers four times the thumbnail, so a large photo costs little.
+    """
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        image.draft("RGB", (4 * THUMBNAIL, 4 * THUMBNAIL))
+        small = ImageOps.exif_transpose(image).convert("RGB").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BOX)
+    pixels = np.asarray(small, dtype=np.float32)
+    return ((pixels + pixels[:, ::-1]) / 2).ravel()
+
+
+def thumbnails(paths: list[Path]) -> np.ndarray:
+    """[N, THUMBNAIL * THUMBNAIL * 3] thumbnails of ``paths`` (see :func:`thumbnail`), read by a few threads
+    (Pillow decodes without the GIL). The images passed the split stage's checks, so each one decodes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not paths:
+        return np.zeros((0, THUMBNAIL * THUMBNAIL * 3), dtype=np.float32)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return np.stack(list(pool.map(thumbnail, paths)))
 
 
 def fold_count(labels: np.ndarray, folds: int) -> int:
@@ -135,13 +175,14 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, n_classe
     A class with fewer images than ``folds`` still gets its rows: stratification spreads what it has, and a
     fold's model that saw none of a class gives it probability 0.
     """
+    import os
+
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import Normalizer
 
     requested, folds = folds, fold_count(labels, folds)
-    probabilities = np.zeros((len(labels), n_classes), dtype=np.float64)
     smallest = int(np.bincount(labels)[np.unique(labels)].min())
     if folds < requested:
         log.info("data quality: no class has more than %d images, so %d folds instead of quality.folds = %d",
@@ -149,14 +190,17 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, n_classe
     if smallest < folds:
         log.info("data quality: the smallest class has %d image(s), fewer than %d folds", smallest, folds)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed % 2**32)
+    model = make_pipeline(Normalizer(), LogisticRegression(C=PROBE_C, max_iter=1000))
     with warnings.catch_warnings():
         # "The least populated class in y has only N members": said once above, in words that name the data.
+        # A fold's training part may lack a class: its model gives that class 0, which is what is wanted.
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        fold_indices = list(splitter.split(features, labels))
-    for train, held_out in fold_indices:
-        model = make_pipeline(Normalizer(), LogisticRegression(C=PROBE_C, max_iter=1000))
-        model.fit(features[train], labels[train])
-        probabilities[np.ix_(held_out, model.classes_)] = model.predict_proba(features[held_out])
+        warnings.filterwarnings("ignore", message="Number of classes in training fold", category=RuntimeWarning)
+        # The folds fit in parallel processes (a fit is single-threaded work): half the time on 2 cores.
+        present = cross_val_predict(model, features, labels, cv=splitter, method="predict_proba",
+                                    n_jobs=min(folds, os.cpu_count() or 1))
+    probabilities = np.zeros((len(labels), n_classes), dtype=np.float64)
+    probabilities[:, np.unique(labels)] = present  # columns in the order of the classes that have images
     return probabilities
 
 
@@ -194,22 +238,13 @@ def unit_rows(features: np.ndarray) -> np.ndarray:
     return features / np.maximum(norms, 1e-12)
 
 
-def neighbourhoods(images: Images, threshold: float) -> tuple[list[tuple[int, int, float]], np.ndarray, int]:
-    """Near-duplicate pairs across splits, and every image's outlier score, in one blocked pass.
-
-    Returns:
-        ([(i, j, similarity)] with i < j, from different splits, similarity >= threshold, most similar first:
-        each image's ``PAIRS_PER_IMAGE`` most similar such pairs, so every image that has one is listed),
-        [N] outlier scores (1 - the mean similarity to the NEIGHBOURS nearest images of the closest class),
-        the number of all such pairs, listed or not.
-    """
+def outlier_scores(images: Images) -> np.ndarray:
+    """[N] outlier scores from the features: 1 - the mean similarity to the NEIGHBOURS nearest images of the
+    closest class, in one blocked pass."""
     unit = unit_rows(images.features)
     count = len(unit)
     members = [np.flatnonzero(images.labels == c) for c in range(len(images.classes))]
     scores = np.zeros(count)
-    listed: dict[tuple[int, int], float] = {}
-    total = 0
-    columns = np.arange(count)
     for start in range(0, count, BLOCK):
         rows = np.arange(start, min(start + BLOCK, count))
         similarity = unit[rows] @ unit.T
@@ -227,7 +262,58 @@ def neighbourhoods(images: Images, threshold: float) -> tuple[list[tuple[int, in
                 mean = np.nanmean(nearest, axis=1) if np.isnan(nearest).any() else nearest.mean(axis=1)
             closest = np.fmax(closest, mean)
         scores[rows] = 1.0 - closest
-        near = (similarity >= threshold) & (images.splits[rows][:, None] != images.splits[None, :])
+    return scores
+
+
+def _thumbnail_similarities(unit: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    similarity = unit[rows] @ unit.T
+    similarity[np.arange(len(rows)), rows] = -np.inf  # never one's own near-duplicate
+    return similarity
+
+
+def usual_distances(unit: np.ndarray) -> np.ndarray:
+    """[N] each image's distance (1 - similarity) to its ``USUAL_RANK``-th nearest other image (its farthest
+    image when there are fewer)."""
+    count = len(unit)
+    rank = min(USUAL_RANK, count - 1)
+    usual = np.zeros(count)
+    if rank < 1:
+        return usual
+    for start in range(0, count, BLOCK):
+        rows = np.arange(start, min(start + BLOCK, count))
+        similarity = _thumbnail_similarities(unit, rows)
+        usual[rows] = 1.0 - (-np.partition(-similarity, rank - 1, axis=1)[:, rank - 1])
+    return np.maximum(usual, 0.0)  # copies' similarity may round to just over 1
+
+
+def near_duplicates(images: Images, ratio: float) -> tuple[list[tuple[int, int, float, float]], int]:
+    """Near-duplicate pairs across splits, judged on the thumbnails against each image's usual distance.
+
+    Returns:
+        ([(i, j, similarity, distance ratio)] with i < j, from different splits, most similar first: each
+        image's ``PAIRS_PER_IMAGE`` most similar near ones, so every image that has one is listed), and the
+        number of all such pairs, listed or not. The distance ratio is the pair's distance over the smaller of
+        the two images' usual distances.
+    """
+    if images.thumbnails is None:
+        raise ValueError("near-duplicates need the images' thumbnails (quality.load_images reads them)")
+    thumbs = np.asarray(images.thumbnails, dtype=np.float32)
+    unit = unit_rows(thumbs - thumbs.mean(axis=0)) if len(thumbs) else thumbs
+    usual = usual_distances(unit)
+    count = len(unit)
+    listed: dict[tuple[int, int], tuple[float, float]] = {}
+    total = 0
+    columns = np.arange(count)
+    for start in range(0, count, BLOCK):
+        rows = np.arange(start, min(start + BLOCK, count))
+        similarity = _thumbnail_similarities(unit, rows)
+        distance = np.maximum(1.0 - similarity, 0.0)
+        scale = np.minimum(usual[rows][:, None], usual[None, :])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # An image whose usual neighbours are copies of it has no spread to judge by: SAME_PICTURE decides.
+            ratios = np.where(scale > 0, distance / scale, np.where(distance > 0, np.inf, 0.0))
+        near = ((ratios <= ratio) | (similarity >= SAME_PICTURE)) & np.isfinite(similarity)
+        near &= images.splits[rows][:, None] != images.splits[None, :]
         total += int(np.count_nonzero(near & (columns[None, :] > rows[:, None])))
         found = np.flatnonzero(near.any(axis=1))
         if not len(found):
@@ -240,10 +326,11 @@ def neighbourhoods(images: Images, threshold: float) -> tuple[list[tuple[int, in
                 pair = (min(i, j), max(i, j))
                 # One value per pair, whichever image lists it: the one computed from the earlier image's row.
                 if near[position, j] and (pair not in listed or i < j):
-                    listed[pair] = float(similarity[position, j])
-    pairs = [(a, b, value) for (a, b), value in listed.items()]
+                    value = float(ratios[position, j])
+                    listed[pair] = (float(similarity[position, j]), value if np.isfinite(value) else 0.0)
+    pairs = [(a, b, similarity, value) for (a, b), (similarity, value) in listed.items()]
     pairs.sort(key=lambda pair: (-pair[2], pair[0], pair[1]))
-    return pairs, scores, total
+    return pairs, total
 
 
 def flagged_outliers(scores: np.ndarray) -> np.ndarray:
@@ -261,8 +348,8 @@ class QualityReport:
     probabilities: np.ndarray
     ranking: np.ndarray  # every image whose best guess is another class, lowest self-confidence first
     estimated_errors: int  # confident learning's estimate of the wrong labels
-    pairs: list[tuple[int, int, float]]  # listed: each image's PAIRS_PER_IMAGE most similar across splits
-    pair_count: int  # every pair across splits at or above the threshold
+    pairs: list[tuple[int, int, float, float]]  # listed: each image's PAIRS_PER_IMAGE most similar across splits
+    pair_count: int  # every near pair across splits
     scores: np.ndarray
     outliers: np.ndarray
 
@@ -272,15 +359,18 @@ class QualityReport:
         return self.ranking[: self.estimated_errors]
 
 
-def assess(images: Images, folds: int, threshold: float, seed: int) -> QualityReport:
+def assess(images: Images, folds: int, ratio: float, seed: int) -> QualityReport:
+    """The whole report: out-of-fold label suspects, near-duplicates at ``ratio`` (quality.duplicate_ratio),
+    outliers."""
     probabilities = out_of_fold_probabilities(images.features, images.labels, len(images.classes), folds, seed)
-    pairs, scores, pair_count = neighbourhoods(images, threshold)
+    pairs, pair_count = near_duplicates(images, ratio)
+    scores = outlier_scores(images)
     return QualityReport(probabilities=probabilities, ranking=label_issue_ranking(images.labels, probabilities),
                          estimated_errors=estimated_label_errors(images.labels, probabilities),
                          pairs=pairs, pair_count=pair_count, scores=scores, outliers=flagged_outliers(scores))
 
 
-def leaked(images: Images, pairs: list[tuple[int, int, float]], split: str = "test") -> np.ndarray:
+def leaked(images: Images, pairs: list[tuple[int, int, float, float]], split: str = "test") -> np.ndarray:
     """Indices of the ``split`` images with a near-duplicate in another split, sorted."""
     return np.array(sorted({index for pair in pairs for index in pair[:2] if images.splits[index] == split}),
                     dtype=np.int64)
@@ -295,17 +385,15 @@ def leaked_test_files(near_duplicates: Path) -> set[str] | None:
             if row[f"split_{side}"] == "test"}
 
 
-def implausible_duplicates(images: Images, report: QualityReport, threshold: float) -> str | None:
+def implausible_duplicates(images: Images, report: QualityReport, ratio: float) -> str | None:
     """A warning when more than ``IMPLAUSIBLE_LEAK_SHARE`` of the images have a near-duplicate in another split:
-    with these features the threshold does not tell copies from different photos; else None."""
+    copies of that many are rarer than a setting too loose for this data; else None."""
     paired = {index for pair in report.pairs for index in pair[:2]}
     if len(paired) <= IMPLAUSIBLE_LEAK_SHARE * len(images.files):
         return None
     return (f"{len(paired)} of {len(images.files)} images have a near-duplicate in another split at "
-            f"quality.duplicate_similarity = {threshold}: with these features it does not tell copies from different "
-            "photos (a backbone with random weights, or another backbone than the one it was chosen for). Look at "
-            f"the lowest rows of {NEAR_DUPLICATES} and raise it; until then the leak counts and "
-            "accuracy_without_leaked mean little")
+            f"quality.duplicate_ratio = {ratio}: so many copies are unlikely. Look at the highest ratios of "
+            f"{NEAR_DUPLICATES} and lower it; until then the leak counts and accuracy_without_leaked mean little")
 
 
 def label_issue_rows(images: Images, report: QualityReport) -> list[list[Any]]:
@@ -323,18 +411,19 @@ def label_issue_rows(images: Images, report: QualityReport) -> list[list[Any]]:
 
 LABEL_ISSUE_COLUMNS = ["rank", "file", "split", "given_label", "suggested_label", "self_confidence",
                        "suggested_confidence", "suspect"]
-DUPLICATE_COLUMNS = ["file_a", "split_a", "label_a", "file_b", "split_b", "label_b", "similarity", "leak"]
+DUPLICATE_COLUMNS = ["file_a", "split_a", "label_a", "file_b", "split_b", "label_b", "similarity", "ratio",
+                     "leak"]
 OUTLIER_COLUMNS = ["rank", "file", "split", "label", "outlier_score", "suggested_label"]
 
 
-def duplicate_rows(images: Images, pairs: list[tuple[int, int, float]]) -> list[list[Any]]:
+def duplicate_rows(images: Images, pairs: list[tuple[int, int, float, float]]) -> list[list[Any]]:
     rows = []
-    for a, b, similarity in pairs:
+    for a, b, similarity, ratio in pairs:
         kinds = {str(images.splits[a]), str(images.splits[b])}
         leak = "train-test" if kinds == {"train", "test"} else "val-test" if kinds == {"val", "test"} else "train-val"
         rows.append([*(value for index in (a, b) for value in (
             spreadsheet_safe(images.files[index]), images.splits[index],
-            spreadsheet_safe(images.classes[images.labels[index]]))), round(similarity, 4), leak])
+            spreadsheet_safe(images.classes[images.labels[index]]))), round(similarity, 4), round(ratio, 4), leak])
     return rows
 
 
@@ -353,7 +442,7 @@ def accuracy_without(labels: np.ndarray, predicted: np.ndarray, dropped) -> floa
     return float(np.mean(predicted[keep] == labels[keep])) if keep.any() else None
 
 
-def summary(images: Images, report: QualityReport, folds: int, threshold: float) -> dict[str, Any]:
+def summary(images: Images, report: QualityReport, folds: int, ratio: float) -> dict[str, Any]:
     """The counts that go into ``dvc metrics`` and MLflow."""
     predicted = report.probabilities.argmax(axis=1)
     per_split = {split: int(np.sum(images.splits[report.suspects] == split)) for split in SPLITS}
@@ -365,7 +454,7 @@ def summary(images: Images, report: QualityReport, folds: int, threshold: float)
         "label_issues_train": per_split["train"],
         "label_issues_val": per_split["val"],
         "label_issues_test": per_split["test"],
-        "duplicate_similarity": threshold,
+        "duplicate_ratio": ratio,
         "near_duplicate_pairs": report.pair_count,
         "near_duplicate_pairs_listed": len(report.pairs),
         "leaked_test_images": int(len(leaked(images, report.pairs, "test"))),

@@ -30,7 +30,7 @@ def _images(features, labels, test_every: int = 5) -> quality.Images:
     splits = np.where(positions % test_every == 0, "test", np.where(positions % test_every == 1, "val", "train"))
     files = [f"{CLASSES[label]}/{i:04d}.png" for i, label in enumerate(labels)]
     return quality.Images(files=files, splits=splits, labels=np.asarray(labels), features=features,
-                          classes=CLASSES)
+                          classes=CLASSES, thumbnails=np.array(features, dtype=np.float32))
 
 
 def test_flipped_labels_rank_first_among_the_suspects():
@@ -74,72 +74,130 @@ def test_a_resized_copy_across_splits_is_a_leak_and_copies_within_a_split_are_no
     features, labels = _clusters()
     images = _images(features, labels)
     test_row = 10  # test (10 % 5 == 0)
-    images.features[12] = features[test_row] * 1.02 + 0.01  # train: a re-encoded copy, nearly the same features
-    images.features[13] = features[12]  # train: an exact copy of that, in the same split
-    pairs, scores, total = quality.neighbourhoods(images, threshold=0.98)
-    assert {(a, b) for a, b, _ in pairs} == {(test_row, 12), (test_row, 13)} and total == 2
-    assert all(similarity >= 0.98 for *_, similarity in pairs)
+    for vectors in (images.features, images.thumbnails):
+        vectors[12] = vectors[test_row] * 1.02 + 0.01  # train: a re-encoded copy, nearly the same
+        vectors[13] = vectors[12]  # train: an exact copy of that, in the same split
+    pairs, total = quality.near_duplicates(images, ratio=0.2)
+    assert {(a, b) for a, b, *_ in pairs} == {(test_row, 12), (test_row, 13)} and total == 2
+    assert all(similarity >= 0.99 for _, _, similarity, _ in pairs)
     assert quality.leaked(images, pairs, "test").tolist() == [test_row]
     rows = quality.duplicate_rows(images, pairs)
     assert {row[-1] for row in rows} == {"train-test"} and rows[0][1] == "test"
+    scores = quality.outlier_scores(images)
     assert scores.shape == (len(labels),)
     # The copies themselves are not outliers: each has a close neighbour.
     assert scores[12] < np.median(scores) and scores[13] < np.median(scores)
+
+
+def _plain_background(count: int, seed: int = 0) -> np.ndarray:
+    """Thumbnails of objects on one plain background: a large part every image shares, and a small part
+    (the object: where it is, its shape and colours) of its own."""
+    rng = np.random.default_rng(seed)
+    background = rng.uniform(150, 220, 768)
+    return (background + 6 * rng.normal(size=(count, 768))).astype(np.float32)
+
+
+def test_a_plain_background_makes_no_pair_a_near_duplicate_but_copies_still_are():
+    """The hand-signs case: every raw thumbnail (as every feature vector) alike. Judged against the data's own
+    spread, different images are not near; re-encoded copies (a little noise) of ten images still are."""
+    labels = np.repeat(np.arange(len(CLASSES)), 100)
+    thumbs = _plain_background(len(labels))
+    images = _images(thumbs, labels)
+    raw = quality.unit_rows(thumbs)
+    assert (raw @ raw.T).min() > 0.99, "as alike as a fixed cosine threshold sees them"
+    pairs, total = quality.near_duplicates(images, ratio=0.2)
+    assert total == 0 and pairs == []
+
+    originals = np.arange(0, 100, 10)  # test images (every 5th row)
+    copies = originals + 2  # train rows
+    rng = np.random.default_rng(1)
+    images.thumbnails[copies] = images.thumbnails[originals] + rng.normal(scale=0.5, size=(len(copies), 768))
+    pairs, total = quality.near_duplicates(images, ratio=0.2)
+    assert {(a, b) for a, b, *_ in pairs} == set(zip(originals.tolist(), copies.tolist(), strict=True))
+    assert total == len(copies) and all(ratio <= 0.2 for *_, ratio in pairs)
+
+
+def test_many_copies_of_one_picture_are_all_near_duplicates():
+    """A cluster of copies: each one's usual neighbours are copies too, so only 'one picture' finds them."""
+    features, labels = _clusters(per_class=20)
+    images = _images(features, labels)
+    images.thumbnails[:12] = images.thumbnails[0]  # 12 copies across the three splits
+    pairs, total = quality.near_duplicates(images, ratio=0.2)
+    cross = sum(images.splits[a] != images.splits[b] for a in range(12) for b in range(a + 1, 12))
+    assert total == cross and {index for pair in pairs for index in pair[:2]} == set(range(12))
 
 
 def test_an_image_far_from_every_class_is_the_first_outlier():
     features, labels = _clusters()
     features[7] = np.full(features.shape[1], 40.0) * np.sign(np.arange(features.shape[1]) % 2 - 0.5)
     images = _images(features, labels)
-    _, scores, _ = quality.neighbourhoods(images, threshold=0.99)
-    flagged = quality.flagged_outliers(scores)
+    flagged = quality.flagged_outliers(quality.outlier_scores(images))
     assert flagged[0] == 7
     assert len(flagged) < len(labels) // 10
 
 
-def test_the_blocked_pass_matches_the_whole_matrix(monkeypatch):
+def test_the_blocked_passes_match_the_whole_matrix(monkeypatch):
     features, labels = _clusters(per_class=25)
     images = _images(features, labels)
-    whole = quality.neighbourhoods(images, threshold=0.9)
+    images.thumbnails[5] = images.thumbnails[6] * 1.01
+    whole = quality.near_duplicates(images, ratio=0.5), quality.outlier_scores(images)
     monkeypatch.setattr(quality, "BLOCK", 7)
-    blocked = quality.neighbourhoods(images, threshold=0.9)
-    assert whole[0] == blocked[0]
+    blocked = quality.near_duplicates(images, ratio=0.5), quality.outlier_scores(images)
+    assert whole[0][1] == blocked[0][1] > 0
+    assert [pair[:2] for pair in whole[0][0]] == [pair[:2] for pair in blocked[0][0]]
+    np.testing.assert_allclose([pair[2:] for pair in whole[0][0]], [pair[2:] for pair in blocked[0][0]], atol=1e-5)
     assert np.allclose(whole[1], blocked[1])
 
 
-def test_features_that_make_every_photo_alike_list_a_few_pairs_per_image_and_say_so(monkeypatch):
-    """Random-weights features: most pairs pass the threshold. All are counted; each image's closest few are
-    listed (every image among them), not a share of the N^2 / 2 pairs; the report warns about the threshold."""
-    rng = np.random.default_rng(0)
+def test_when_most_images_pair_up_a_few_pairs_per_image_are_listed_and_the_report_says_so():
+    """Two pictures, each copied a hundred times: every pair of copies across splits is counted; each image's
+    closest few are listed (every image among them), not a share of the N^2 / 2 pairs; the report warns."""
     labels = np.repeat(np.arange(len(CLASSES)), 50)
-    features = (1.0 + 0.05 * rng.normal(size=(len(labels), 16))).astype(np.float32)  # all nearly parallel
+    features, _ = _clusters(per_class=50)
     images = _images(features, labels)
-    pairs, _, total = quality.neighbourhoods(images, threshold=0.9)
-    cross = sum(images.splits[a] != images.splits[b] for a in range(len(labels)) for b in range(a + 1, len(labels)))
+    images.thumbnails[:] = np.where((np.arange(len(labels)) % 2 == 0)[:, None], images.thumbnails[0],
+                                    images.thumbnails[1])
+    pairs, total = quality.near_duplicates(images, ratio=0.2)
+    same = np.arange(len(labels)) % 2
+    cross = sum(images.splits[a] != images.splits[b] and same[a] == same[b]
+                for a in range(len(labels)) for b in range(a + 1, len(labels)))
     assert total == cross, "every pair across splits is counted"
     assert len(pairs) <= quality.PAIRS_PER_IMAGE * len(labels) < total
     assert {index for pair in pairs for index in pair[:2]} == set(range(len(labels))), "every image is listed"
-    for image in (0, 1, 2):  # each image's listed partners are its most similar ones in other splits
-        unit = quality.unit_rows(images.features)
-        others = [j for j in range(len(labels)) if images.splits[j] != images.splits[image]]
-        expected = sorted(others, key=lambda j: -float(unit[image] @ unit[j]))[: quality.PAIRS_PER_IMAGE]
-        listed = {b if a == image else a for a, b, _ in pairs if image in (a, b)}
-        assert set(expected) <= listed
-    monkeypatch.setattr(quality, "BLOCK", 7)
-    blockwise = quality.neighbourhoods(images, threshold=0.9)[0]
-    # The same pairs, their similarities equal to rounding: a block's product may take another BLAS kernel.
-    assert {(a, b) for a, b, _ in blockwise} == {(a, b) for a, b, _ in pairs}, "the same pairs, block by block"
-    by_pair = {(a, b): similarity for a, b, similarity in pairs}
-    for a, b, similarity in blockwise:
-        assert similarity == pytest.approx(by_pair[a, b], abs=1e-5)
 
-    report = quality.assess(images, folds=3, threshold=0.9, seed=0)
-    assert quality.summary(images, report, 3, 0.9)["near_duplicate_pairs"] == total
-    warning = quality.implausible_duplicates(images, report, 0.9)
+    report = quality.assess(images, folds=3, ratio=0.2, seed=0)
+    assert quality.summary(images, report, 3, 0.2)["near_duplicate_pairs"] == total
+    warning = quality.implausible_duplicates(images, report, 0.2)
     assert warning.startswith("200 of 200 images have a near-duplicate in another split at "
-                              "quality.duplicate_similarity = 0.9"), warning
+                              "quality.duplicate_ratio = 0.2"), warning
     clean = _images(*_clusters())
-    assert quality.implausible_duplicates(clean, quality.assess(clean, 3, 0.98, 0), 0.98) is None
+    assert quality.implausible_duplicates(clean, quality.assess(clean, 3, 0.2, 0), 0.2) is None
+
+
+def test_thumbnails_see_through_resizing_re_encoding_mirroring_and_exif_rotation(tmp_path):
+    from PIL import ImageOps
+
+    rng = np.random.default_rng(0)
+    pixels = (rng.uniform(0, 255, (12, 9, 3))).astype(np.uint8)
+    photo = Image.fromarray(pixels).resize((360, 270), Image.Resampling.BICUBIC)
+    photo.save(tmp_path / "photo.jpg", quality=92)
+    photo.resize((288, 216)).save(tmp_path / "copy.jpg", quality=70)
+    ImageOps.mirror(photo).save(tmp_path / "mirror.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: shown upright after a quarter turn
+    photo.rotate(90, expand=True).save(tmp_path / "rotated.jpg", quality=92, exif=exif)
+    names = ["photo.jpg", "copy.jpg", "mirror.png", "rotated.jpg"]
+    for number in range(20):  # other photos, whose mean thumbnail is taken out as the report does
+        other = Image.fromarray(rng.uniform(0, 255, (12, 9, 3)).astype(np.uint8)).resize((360, 270))
+        other.save(tmp_path / f"other_{number}.jpg", quality=92)
+        names.append(f"other_{number}.jpg")
+    thumbs = quality.thumbnails([tmp_path / name for name in names])
+    assert thumbs.shape == (24, quality.THUMBNAIL * quality.THUMBNAIL * 3) and thumbs.dtype == np.float32
+    unit = quality.unit_rows(thumbs - thumbs.mean(axis=0))
+    similarity = unit @ unit[0]
+    assert min(similarity[1:4]) > 0.98, similarity[:4]
+    assert max(similarity[4:]) < 0.5, similarity[4:]
+    assert quality.thumbnails([]).shape == (0, quality.THUMBNAIL * quality.THUMBNAIL * 3)
 
 
 def test_accuracy_without_the_leaked_images():
@@ -169,9 +227,10 @@ def test_the_report_is_written_whole_with_its_galleries_and_metrics(tmp_path):
     given[[3, 70]] = [2, 0]
     images = _images(features, given)
     images.features[12] = features[10] * 1.01
+    images.thumbnails[12] = images.thumbnails[10] * 1.01
     _photos(tmp_path / "raw", images.files)
-    report = quality.assess(images, folds=5, threshold=0.98, seed=0)
-    metrics = quality.summary(images, report, 5, 0.98)
+    report = quality.assess(images, folds=5, ratio=0.2, seed=0)
+    metrics = quality.summary(images, report, 5, 0.2)
     quality.write_report(images, report, tmp_path / "out", tmp_path / "raw", gallery=6, metrics=metrics)
     out = tmp_path / "out"
     assert sorted(path.name for path in out.iterdir()) == [
@@ -204,8 +263,8 @@ def test_names_that_would_run_as_formulas_are_written_as_text_and_read_back(tmp_
     features, labels = _clusters(per_class=8)
     images = _images(features, labels)
     images.files[0] = "=cmd.png"
-    images.features[2] = features[0]  # a train copy of the test image =cmd.png
-    pairs, _, _ = quality.neighbourhoods(images, threshold=0.999)
+    images.thumbnails[2] = images.thumbnails[0]  # a train copy of the test image =cmd.png
+    pairs, _ = quality.near_duplicates(images, ratio=0.2)
     rows = quality.duplicate_rows(images, pairs)
     assert rows[0][0] == "'=cmd.png"
     write_csv(tmp_path / "pairs.csv", quality.DUPLICATE_COLUMNS, rows)
@@ -284,7 +343,7 @@ def test_a_missing_file_or_column_is_refused(tmp_path):
     ("key", "value", "message"),
     [
         ("quality.folds", 1, r"quality.folds = 1 is invalid: expected an integer in \[2, 100\]"),
-        ("quality.duplicate_similarity", 1.5, r"expected a number in \[0.5, 1.0\]"),
+        ("quality.duplicate_ratio", 1.5, r"expected a number in \[0.0, 1.0\]"),
         ("quality.gallery", -1, r"expected an integer in \[0, 200\]"),
         ("quality.report", "no", r"quality.report = 'no' is invalid: expected true or false"),
         ("data.exclude", None, "the path of a CSV file"),
