@@ -3,6 +3,7 @@
     python -m transfer predict models/model.keras photos/ more/*.jpg --out predictions.csv
     python -m transfer export models/model.keras --format tflite --quantize float16
     python -m transfer exclude --splits train,val            # the flagged label suspects, into curation/exclude.csv
+    python -m transfer compare                               # one line per experiment
 """
 
 from __future__ import annotations
@@ -52,6 +53,12 @@ def _exclude(args: argparse.Namespace) -> dict:
     return add_exclusions(args.report, args.file, splits, args.top, args.outliers)
 
 
+def _compare(args: argparse.Namespace) -> None:
+    from transfer.compare import compare
+
+    print("\n".join(compare(args.repo)))
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -62,7 +69,8 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m transfer",
-        description="Use a classifier trained by the pipeline: predict on new images, or export it.",
+        description="Use a classifier trained by the pipeline: predict on new images, or export it; curate the "
+                    "data; compare experiments.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -123,6 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     exclude.add_argument("--file", type=Path, default=Path("curation/exclude.csv"),
                          help="the exclude list to add to (default: curation/exclude.csv, data.exclude's default)")
     exclude.set_defaults(run=_exclude)
+
+    compare = commands.add_parser(
+        "compare", help="one line per experiment: its scores and the params it changed",
+        description="Every experiment run from the current commit (and the workspace), one line each: the test "
+                    "accuracy, the head's alone on the cached features, the macro F1, and the params that differ "
+                    "from the commit it was run from. Failed and queued experiments are marked.",
+    )
+    compare.add_argument("--repo", default=None, help="the repository (default: this one)")
+    compare.set_defaults(run=_compare)
     return parser
 
 
@@ -138,5 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(one_line(error), file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2))
+    if summary is not None:
+        print(json.dumps(summary, indent=2))
     return 0

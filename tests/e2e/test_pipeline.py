@@ -1,6 +1,8 @@
 """The real `dvc repro` and `dvc exp run` on generated images, in a temporary git repository."""
 
 import json
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -391,6 +393,11 @@ def test_two_queued_experiments_run_at_once(repo, first_run):
     assert sorted(r.data.params["head.lr"] for r in runs) == ["0.02", "0.03"]
     assert all(r.info.status == "FINISHED" and "accuracy" in r.data.metrics for r in runs)
     assert not list(repo.glob(".dvc/tmp/exps/**/mlflow.db")), "no store inside the temporary copies"
+    compared = run([sys.executable, "-m", "transfer", "compare"], repo).stdout.splitlines()
+    assert max(len(line) for line in compared) <= 119, compared
+    for lr in ("0.02", "0.03"):  # one line each, its scores, and the param it changed
+        line = next(line for line in compared if line.endswith(f"head.lr={lr}"))
+        assert line.startswith("  ") and re.search(r" \d\.\d{4} +\d\.\d{4} +\d\.\d{4}  head", line), line
     checked = set()
     for name in run(["dvc", "exp", "list", "--name-only"], repo).stdout.split():
         run(["dvc", "exp", "apply", name], repo)
