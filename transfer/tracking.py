@@ -2,7 +2,8 @@
 
 The evaluate stage logs the run at the end of every execution that reaches it. Because everything is read
 from the stages' output files (params, histories, timings, figures, the model), a stage that DVC restored
-from its run-cache instead of running still contributes its full record. Evaluate itself declares a
+from its run-cache instead of running still contributes its record, all but its seconds (which belong to the
+execution that ran it; :func:`timing_metrics`). Evaluate itself declares a
 ``cache: false`` output, which turns DVC's run-cache off for it, so it always runs and always logs.
 
 Store: ``MLFLOW_TRACKING_URI`` if set, else ``mlflow.db`` (SQLite) at the repository root, found through
@@ -96,6 +97,28 @@ def _number(text: str) -> float | None:
         return None
 
 
+def timing_metrics(folder: Path, current: str | None, evaluating: float) -> tuple[dict[str, float], float]:
+    """The timing figures (``<stage>_seconds``, ``extract_features_images_per_second``...) of the stages this
+    execution ran, and the seconds they took, from their records in ``folder`` (reports/timings).
+
+    A stage DVC found up to date or restored from its run-cache did not run: its record is an earlier
+    execution's, and its seconds are left out, so that the run's figures add up to what it took. Evaluate, which
+    is running, counts ``evaluating`` seconds so far. Outside DVC (``current`` None) every record counts.
+    """
+    metrics: dict[str, float] = {}
+    ran = 0.0
+    for timing in sorted(folder.glob("*.json")):
+        figures = read_json(timing)
+        if timing.stem == "evaluate" or (current is not None and figures.get("execution") != current):
+            continue
+        stage = timing.stem.replace("-", "_")
+        metrics.update({f"{stage}_{key}": value for key, value in figures.items()
+                        if key not in ("images", "execution") and isinstance(value, (int, float))})
+        ran += figures.get("seconds", 0.0)
+    metrics["evaluate_seconds"] = round(evaluating, 2)
+    return metrics, ran
+
+
 def collect_execution(model=None, model_input_size: tuple[int, int] | None = None) -> dict[str, Any]:
     """Everything one execution left in its files, as the record :func:`log_execution` logs.
 
@@ -111,13 +134,8 @@ def collect_execution(model=None, model_input_size: tuple[int, int] | None = Non
                            ("data_quality", DATA_QUALITY_REPORTS)):
         if (folder / STAGE_METRICS).is_file():
             metrics.update({f"{prefix}_{key}": value for key, value in read_json(folder / STAGE_METRICS).items()})
-    current, ran = execution_id(), []
-    for timing in sorted(TIMINGS.glob("*.json")):
-        stage = timing.stem.replace("-", "_")
-        figures = read_json(timing)
-        metrics.update({f"{stage}_{key}": value for key, value in figures.items() if key != "images"})
-        if current is not None and figures.get("execution") == current and timing.stem != "evaluate":
-            ran.append(figures["seconds"])
+    timed, ran = timing_metrics(TIMINGS, execution_id(), stage_elapsed())
+    metrics.update(timed)
     histories = {
         prefix: [{key: _number(value) for key, value in row.items()} for row in read_csv(folder / HISTORY)]
         for prefix, folder in (("head", HEAD_REPORTS), ("fine_tune", FINE_TUNE_REPORTS))
@@ -136,7 +154,7 @@ def collect_execution(model=None, model_input_size: tuple[int, int] | None = Non
         "model": model,
         "model_input_size": model_input_size,
         # The stages this execution ran (not those DVC found up to date or restored), evaluate so far included.
-        "duration_seconds": sum(ran) + stage_elapsed(),
+        "duration_seconds": ran + stage_elapsed(),
     }
 
 

@@ -190,3 +190,19 @@ def test_an_evaluate_stopped_after_logging_leaves_no_second_copy_of_its_run(stor
     fourth = tracking.log_execution(changed)  # third was never recorded and holds other content
     assert client.get_run(third).info.lifecycle_stage == "deleted"
     assert {run.info.run_id for run in client.search_runs([experiment])} == {first, fourth}
+
+
+def test_only_the_stages_this_execution_ran_give_their_seconds(tmp_path):
+    """Stages DVC found up to date or restored keep an earlier execution's timing record: left out."""
+    from transfer.io import write_json
+
+    write_json(tmp_path / "extract-features.json", {"seconds": 50.0, "images_per_second": 80.0, "images": 400,
+                                                   "execution": "old"})
+    write_json(tmp_path / "train-head.json", {"seconds": 3.5, "execution": "now"})
+    write_json(tmp_path / "fine-tune.json", {"seconds": 20.0, "execution": "now"})
+    write_json(tmp_path / "evaluate.json", {"seconds": 9.0, "execution": "old"})  # the last evaluate's
+    metrics, ran = tracking.timing_metrics(tmp_path, "now", 4.25)
+    assert metrics == {"train_head_seconds": 3.5, "fine_tune_seconds": 20.0, "evaluate_seconds": 4.25}
+    assert ran == 23.5
+    everything, total = tracking.timing_metrics(tmp_path, None, 1.0)  # outside DVC: no way to tell
+    assert everything["extract_features_images_per_second"] == 80.0 and total == 73.5
