@@ -55,13 +55,19 @@ PIPELINE_FILES = ("dvc.yaml", "stages", "transfer", "curation", "inputs", ".dvci
 
 
 def committed_params_text() -> str:
-    """The project's default params: ``params.yaml`` as committed at HEAD, never the workspace's copy, which a
-    user's ``dvc exp run -S ...`` leaves changed (outside a git checkout, the file itself)."""
+    """The project's default params: ``params.yaml`` as the project's own latest commit left it, never the
+    workspace's copy, which a user's ``dvc exp run -S ...`` leaves changed, nor a user's commit of it (a baseline
+    committed before queueing experiments touches params.yaml and dvc.lock, never the code or its tests).
+    Outside a git checkout, the file itself."""
     import subprocess
 
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True,
+                              timeout=30).stdout
+
     try:
-        return subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=REPO, capture_output=True, text=True,
-                              check=True, timeout=30).stdout
+        project = git("log", "-1", "--format=%H", "--", "transfer", "stages", "tests", "dvc.yaml").strip()
+        return git("show", f"{project or 'HEAD'}:params.yaml")
     except (OSError, subprocess.SubprocessError):
         return (REPO / "params.yaml").read_text()
 

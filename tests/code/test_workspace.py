@@ -6,14 +6,21 @@ import sys
 from tests.helpers import REPO, committed_params_text
 
 
-def test_tests_read_the_committed_params_not_an_experiments_leftovers(tmp_path):
+def test_tests_read_the_projects_params_not_an_experiments_leftovers_or_a_users_baseline(tmp_path):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
-    committed = (clone / "params.yaml").read_text()
-    assert committed == committed_params_text(), "the defaults are HEAD's params.yaml"
-    # What a failed `dvc exp run -S seed=-1 -S head.lr=0.0001` leaves in the workspace: a bad seed, and a head
-    # learning rate below fine-tuning's, which the defaults' own test refuses.
-    (clone / "params.yaml").write_text(committed.replace("lr: 0.001", "lr: 0.0001").replace("seed: 42", "seed: -1"))
+    project = (clone / "params.yaml").read_text()
+    # A user's baseline, committed before queueing experiments (as docs/experiments.md says): another backbone
+    # and source, which the defaults' own test would refuse.
+    baseline = project.replace("backbone: efficientnetb0", "backbone: mobilenetv2_0.35")
+    assert baseline != project
+    (clone / "params.yaml").write_text(baseline)
+    for command in (["config", "user.name", "test"], ["config", "user.email", "test@example.com"],
+                    ["commit", "-q", "-am", "Baseline"]):
+        subprocess.run(["git", *command], cwd=clone, check=True, timeout=60)
+    # Then what a failed `dvc exp run -S seed=-1 -S head.lr=0.0001` leaves in the workspace: a bad seed, and a
+    # head learning rate below fine-tuning's.
+    (clone / "params.yaml").write_text(baseline.replace("lr: 0.001", "lr: 0.0001").replace("seed: 42", "seed: -1"))
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
          "tests/code/test_params.py::test_the_repository_params_parse",
