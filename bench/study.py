@@ -15,7 +15,7 @@ three shapes, each of a random colour (only the outline tells the class), as Ker
 VGG16 with random weights instead of ImageNet's (this machine cannot download them). ``--quick``: a few
 hundred images of one colour per class, and few epochs (what the test runs).
 
-``--print-commands``: the study as the commands to queue in your own workspace (the README shows them).
+``--print-commands``: the study as the commands to queue in your own workspace (docs/experiments.md shows them).
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def run_study(source: str, offline: bool, quick: bool, workdir: Path) -> dict:
             "queue_status": status, "experiments": rows, "exp_show": table}
 
 
-# How the README reads the comparison: the experiments only, their backbone and test accuracy.
+# How docs/experiments.md reads the comparison: the experiments only, their backbone and test accuracy.
 SHOW_OPTIONS = ["--no-pager", "--hide-workspace", "--drop", ".*", "--keep",
                 "Experiment|backbone|features.layer|head.hidden|^accuracy$|macro_f1"]
 

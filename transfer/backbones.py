@@ -195,7 +195,7 @@ def resolve(params: BackboneParams, source: str = "params.yaml") -> BackboneChoi
             raise ParamError(
                 f"{source}: weights = {params.weights!r} is invalid: expected imagenet, none, "
                 f"or the path of an existing weights file (looked for {path.resolve()}; a queued experiment "
-                "sees only files in git or added with `dvc add`)"
+                "sees only what git holds: `dvc add` the file and commit its .dvc pointer)"
             )
         weights = str(path.resolve())
     size = params.image_size or (spec.size_when_null, spec.size_when_null)

@@ -76,7 +76,7 @@ def _tf_config() -> dict:
     if not text:
         raise ParamError(
             "strategy = 'multi_worker' is invalid here: TF_CONFIG is not set; expected TF_CONFIG to name the "
-            "cluster's workers and this process's task (see the README's team guide), or strategy auto"
+            "cluster's workers and this process's task (see docs/team-and-scale-out.md), or strategy auto"
         )
     try:
         config = json.loads(text)

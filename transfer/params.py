@@ -111,7 +111,7 @@ def input_file(key: str, value: str, folder: Path, source: str = PARAMS_FILE) ->
         raise ParamError(
             f"{source}: {key} = {value!r} is invalid: expected a file in {folder.as_posix()}/, a DVC dependency "
             f"of the stages that read it, so that a file changed in place re-runs them (copy it there, then "
-            f"`dvc add` it so that queued experiments see it too)"
+            f"`dvc add` it and commit its .dvc pointer, so that queued experiments see it too)"
         )
     return path
 

@@ -1,4 +1,4 @@
-"""The README's study commands are the ones bench/study.py queues (and the e2e test runs)."""
+"""The study commands of docs/experiments.md are the ones bench/study.py queues (and the e2e test runs)."""
 
 import re
 import shlex
@@ -7,8 +7,8 @@ from bench.study import CIFAR10_URL, STUDY, experiment_params, queue_commands
 from tests.helpers import REPO
 
 
-def test_the_readme_queues_exactly_the_study_bench_study_runs():
-    text = (REPO / "README.md").read_text()
+def test_the_docs_queue_exactly_the_study_bench_study_runs():
+    text = (REPO / "docs" / "experiments.md").read_text()
     section = text.split("## Transfer against training from scratch", 1)[1].split("\n## ", 1)[0]
     block = re.search(r"```bash\n(.*?)```", section, re.S).group(1).replace("\\\n", " ")
     queued = [shlex.split(line) for line in block.splitlines() if line.startswith("dvc exp run --queue")]

@@ -71,7 +71,7 @@ def test_a_npz_with_its_own_test_split_runs_through_dvc_repro_on_a_cut_vgg16(tmp
 
 
 def test_the_study_queues_transfer_and_both_from_scratch_models_and_compares_them(tmp_path):
-    """bench/study.py --quick: the README's three queued experiments on generated 32x32 arrays, then the
+    """bench/study.py --quick: the three queued experiments of docs/experiments.md on generated 32x32 arrays, then the
     comparison as `dvc exp show` and MLflow give it."""
     import mlflow
 
