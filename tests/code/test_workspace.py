@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from tests.helpers import REPO, committed_params_text
+from tests.helpers import REPO
 
 
 def test_tests_read_the_projects_params_not_an_experiments_leftovers_or_a_users_baseline(tmp_path):
