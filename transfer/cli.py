@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from transfer.errors import UserError, one_line
+from transfer.export import FORMATS, QUANTIZATIONS  # light: TensorFlow loads only when an export runs
 
 DEFAULT_MODEL = Path("models/model.keras")
 
@@ -105,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("model", type=Path, nargs="?", default=DEFAULT_MODEL,
                         help=f"the .keras model to export (default: {DEFAULT_MODEL})")
-    export.add_argument("--format", choices=("saved_model", "tflite"), required=True, help="what to export to")
-    export.add_argument("--quantize", choices=("none", "float16", "int8"), default="none",
+    export.add_argument("--format", choices=FORMATS, required=True, help="what to export to")
+    export.add_argument("--quantize", choices=QUANTIZATIONS, default="none",
                         help="TFLite only: float16 halves the size; int8 quarters it, calibrated on the check "
                              "images (default: none)")
     export.add_argument("--out", type=Path, default=None,

@@ -77,8 +77,7 @@ def compare(repo: str | None = None) -> list[str]:
         from dvc.exceptions import DvcException
     except ImportError as error:  # pragma: no cover - dvc is a requirement
         raise UserError(f"python -m transfer compare needs DVC: {error}") from None
-    from transfer.params import PARAMS_FILE, read_params_file, repository_root
-    from transfer.tracking import flatten
+    from transfer.params import PARAMS_FILE, flatten, read_params_file, repository_root
 
     root = repository_root() if repo is None else repo
     try:

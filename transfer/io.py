@@ -23,25 +23,17 @@ def _sibling(path: Path, kind: str) -> Path:
     return path.with_name(f".{path.stem}.{kind}{os.getpid()}{path.suffix}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_temporaries(path: Path) -> list[Path]:
     """Remove the temporaries of ``path`` left by processes that no longer run; returns what was removed."""
+    import psutil
+
     if not path.parent.is_dir():
         return []
     pattern = re.compile(rf"\.{re.escape(path.stem)}\.(?:tmp|old)(\d+){re.escape(path.suffix)}")
     stale = []
     for sibling in path.parent.iterdir():
         match = pattern.fullmatch(sibling.name)
-        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+        if match and int(match.group(1)) != os.getpid() and not psutil.pid_exists(int(match.group(1))):
             remove(sibling)
             stale.append(sibling)
     return stale

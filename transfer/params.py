@@ -66,6 +66,18 @@ def read_params_file(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     return parse_params_text(text, str(path)) or {}
 
 
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested params as dotted keys: {"head": {"lr": 0.001}} -> {"head.lr": 0.001}. An empty mapping is a leaf
+    (its key is kept, with the value {}), so that no key written in the file goes missing."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _as_written_hint(value: Any) -> str:
     """Why a text value may have been meant as something else, and what to write instead; or ''."""
     if not isinstance(value, str):

@@ -38,7 +38,7 @@ from transfer.layout import (
     TIMINGS,
 )
 from transfer.models import classes_path
-from transfer.params import PARAMS_FILE, read_params_file, repository_root
+from transfer.params import PARAMS_FILE, flatten, read_params_file, repository_root
 from transfer.stage import execution_id, stage_elapsed
 
 log = logging.getLogger(__name__)
@@ -57,17 +57,6 @@ LOCK_RETRIES = 5  # SQLite allows one writer: queued experiments running side by
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repository_root().resolve() / STORE_FILE}"
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested params as dotted keys: {"head": {"lr": 0.001}} -> {"head.lr": 0.001}."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _git_commit(root: Path) -> str | None:

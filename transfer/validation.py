@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
 
 from transfer.backbones import LAYER_COUNTS, resolve
 from transfer.errors import ParamError
@@ -19,6 +18,7 @@ from transfer.params import (
     PARAMS_FILE,
     UNFREEZE_ALL,
     Params,
+    flatten,
     read_backbone,
     read_curation,
     read_data,
@@ -30,16 +30,6 @@ from transfer.params import (
     read_quality,
     read_split,
 )
-
-
-def _leaves(tree: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = []
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            keys.extend(_leaves(value, f"{prefix}{key}."))
-        else:
-            keys.append(f"{prefix}{key}")
-    return keys
 
 
 def check_all(params: Params) -> None:
@@ -68,7 +58,7 @@ def check_all(params: Params) -> None:
         # Grad-CAM explains the last feature map before its average pooling; these flatten theirs.
         raise params.fail("evaluate.gradcam", evaluate.gradcam, f"0 with backbone {choice.spec.name}: it is trained "
                           "from scratch and flattens its feature map, so there is no pooled map to explain")
-    unknown = sorted(set(_leaves(params.tree)) - params.keys_read)
+    unknown = sorted(set(flatten(params.tree)) - params.keys_read)
     if unknown:
         key = unknown[0]
         close = difflib.get_close_matches(key, sorted(params.keys_read), n=1)

@@ -10,6 +10,7 @@ from tests.helpers import committed_params_text, set_param
 from transfer.errors import ParamError
 from transfer.params import (
     Params,
+    flatten,
     parse_params_text,
     read_backbone,
     read_data,
@@ -21,8 +22,7 @@ from transfer.params import (
     read_split,
 )
 from transfer.stage import run_stage
-from transfer.tracking import flatten
-from transfer.validation import _leaves, check_all
+from transfer.validation import check_all
 
 
 def test_the_repository_params_parse(params_tree):
@@ -99,7 +99,7 @@ def test_bad_values_name_the_key_the_value_and_what_is_allowed(params_tree, key,
 def test_the_whole_file_is_checked_in_one_place(params_tree):
     params = Params(params_tree)
     check_all(params)
-    assert params.keys_read == set(_leaves(params_tree)), "every key is read, so none goes unchecked"
+    assert params.keys_read == set(flatten(params_tree)), "every key is read, so none goes unchecked"
 
 
 @pytest.mark.parametrize(

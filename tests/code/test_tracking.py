@@ -9,7 +9,7 @@ from transfer import tracking
 from transfer.backbones import build_feature_extractor, resolve
 from transfer.heads import build_head
 from transfer.models import assemble_classifier
-from transfer.params import BackboneParams
+from transfer.params import BackboneParams, flatten
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def _record(tmp_path, model=None):
     figure.parent.mkdir(parents=True)
     figure.write_bytes(b"\x89PNG\r\n\x1a\n")
     return {
-        "params": tracking.flatten({"backbone": "vgg16", "head": {"lr": 0.001, "hidden": [128]}}),
+        "params": flatten({"backbone": "vgg16", "head": {"lr": 0.001, "hidden": [128]}}),
         "metrics": {"accuracy": 0.9, "top_k": 3, "fine_tune_val_loss": None},
         "histories": {"head": [{"epoch": 1.0, "loss": 0.9, "val_loss": 1.0},
                                {"epoch": 2.0, "loss": 0.5, "val_loss": None}]},
@@ -40,7 +40,8 @@ def test_the_default_store_is_sqlite_at_the_dvc_root(store):
 
 
 def test_flatten_gives_dotted_keys():
-    assert tracking.flatten({"a": 1, "b": {"c": {"d": [2]}}}) == {"a": 1, "b.c.d": [2]}
+    assert flatten({"a": 1, "b": {"c": {"d": [2]}}}) == {"a": 1, "b.c.d": [2]}
+    assert flatten({"a": {}, "b": {"c": 1}}) == {"a": {}, "b.c": 1}, "an empty mapping is a key too"
 
 
 def test_a_run_carries_params_metrics_curves_artifacts_and_a_loadable_model(store, monkeypatch):
