@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "transfer"
 STORE_FILE = "mlflow.db"
 ARTIFACTS_FOLDER = "mlartifacts"
-BATCH_METRICS = 1000  # the most metrics one MLflow log_batch call takes
 CONTENT_TAG = "transfer.content"  # content_digest of what the run holds
 # The run this workspace's evaluate is logging, until evaluate has recorded it in reports/tracking.json; beside
 # DVC's own scratch files, in the working copy (a queued experiment's copy has its own).
@@ -179,21 +178,22 @@ def _log(mlflow, run_name: str, record: dict[str, Any]) -> str:
         PENDING_RUN.parent.mkdir(exist_ok=True)
         write_json(PENDING_RUN, {"run_id": created.info.run_id})
     with mlflow.start_run(run_id=created.info.run_id) as run:
-        mlflow.log_params({key: str(value)[:500] for key, value in record["params"].items()})
+        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH  # 6,000 characters in MLflow 3
+
+        mlflow.log_params({key: str(value)[:MAX_PARAM_VAL_LENGTH] for key, value in record["params"].items()})
         if record.get("params_tree") is not None:
             # MLflow params are text; this keeps each value's type (2e-05 a number, true a boolean).
             mlflow.log_dict(record["params_tree"], "params.json")
         metrics = {key: float(value) for key, value in record["metrics"].items() if isinstance(value, (int, float))}
         mlflow.log_metrics(metrics)
-        # Every epoch of every history in a few batched writes, not one store transaction per epoch.
+        # Every epoch of every history in one call, which MLflow splits into batches of the size its store takes.
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         steps = [Metric(f"{prefix}_epoch_{key}", float(value), now, int(row["epoch"]))
                  for prefix, rows in record["histories"].items() for row in rows
                  for key, value in row.items() if key != "epoch" and value not in (None, "")]
-        for start in range(0, len(steps), BATCH_METRICS):
-            client.log_batch(run.info.run_id, metrics=steps[start : start + BATCH_METRICS])
+        client.log_batch(run.info.run_id, metrics=steps)
         for path in record["artifacts"]:
             if Path(path).is_file():
                 mlflow.log_artifact(str(path), artifact_path=Path(path).parent.as_posix())

@@ -207,3 +207,17 @@ def test_only_the_stages_this_execution_ran_give_their_seconds(tmp_path):
     assert ran == 23.5
     everything, total = tracking.timing_metrics(tmp_path, None, 1.0)  # outside DVC: no way to tell
     assert everything["extract_features_images_per_second"] == 80.0 and total == 73.5
+
+
+def test_long_histories_and_long_params_are_logged_whole(store):
+    """MLflow's log_batch splits 1,000-metric batches itself, and MLflow 3 keeps params of 6,000 characters."""
+    import mlflow
+
+    record = _record(store)
+    record["histories"] = {"head": [{"epoch": float(epoch), "loss": 1.0 / epoch, "val_loss": 2.0 / epoch}
+                                    for epoch in range(1, 801)]}  # 1,600 step metrics
+    record["params"]["data.source"] = "s" * 3000
+    run_id = tracking.log_execution(record)
+    client = mlflow.MlflowClient(tracking.tracking_uri())
+    assert len(client.get_metric_history(run_id, "head_epoch_val_loss")) == 800
+    assert client.get_run(run_id).data.params["data.source"] == "s" * 3000
