@@ -41,7 +41,8 @@ class PhotoClassifier(mlflow.pyfunc.PythonModel):
     """Image bytes to class probabilities with a saved ``model.keras`` and its class names."""
 
     # The signature is stated when logging; MLflow's type-hint validation (and its warning that predict has
-    # no type hints, at every import) would only repeat it.
+    # no type hints, at every import) would only repeat it. A private MLflow switch, with no public one;
+    # tests/code/test_serving.py pins that MLflow still honours it.
     _skip_type_hint_validation = True
 
     def load_context(self, context):

@@ -52,6 +52,13 @@ class Split:
     first: str
 
 
+# Private Keras names, on purpose: a layer's first inbound node (``_inbound_nodes[0]``: its call when the backbone
+# was built; the public ``layer.input`` refuses a layer called again, as the mirror views call the backbone), the
+# layer that made a tensor (``_keras_history``), and that call's arguments with new tensors put in
+# (``node.arguments.fill_in``), which rebuilds the top on the backbone's own layers, weights shared. Pinned by
+# tests/code/test_trunk.py (test_the_keras_internals_the_split_relies_on and trunk-then-top == backbone).
+
+
 def _crossing(operations: list, start: int) -> dict[int, object]:
     """The tensors made before ``operations[start]`` and used from it on, by id."""
     inside = {id(operation) for operation in operations[start:]}

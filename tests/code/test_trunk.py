@@ -246,3 +246,23 @@ def test_copies_with_no_random_change_to_make_them_are_refused_naming_the_key():
     unchanged = AugmentParams(flip=False, rotation=0.0, zoom=0.0, contrast=0.0, brightness=0.0)
     with pytest.raises(ParamError, match="features.trunk_views needs at least one random change"):
         plan_trunk(single, choice.spec.preprocessing, 5, False, 2, unchanged, 0, {})
+
+
+def test_the_keras_internals_the_split_relies_on():
+    """trunk.split_backbone reads a layer's first inbound node, a tensor's maker and a node's arguments, which
+    Keras keeps private: this says at once if a Keras release moves them, even for a layer called twice."""
+    import keras
+
+    inputs = keras.Input((4,))
+    dense = keras.layers.Dense(3, name="dense")
+    hidden = dense(inputs)
+    outputs = keras.layers.Add(name="add")([hidden, hidden])
+    model = keras.Model(inputs, outputs)
+    model(keras.Input((4,)))  # called again: a second inbound node on every layer, as the mirror views do
+    node = model.get_layer("add")._inbound_nodes[0]
+    assert [id(tensor) for tensor in node.input_tensors] == [id(hidden), id(hidden)]
+    assert hidden._keras_history.operation is dense
+    replacement = keras.Input((3,))
+    args, kwargs = node.arguments.fill_in({id(hidden): replacement})
+    assert all(tensor is replacement for tensor in args[0]) and kwargs == {}
+
