@@ -82,7 +82,7 @@ def plot_reliability(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from transfer.io import atomic_path
+    from transfer.reports import save_figure
 
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(5.5, 6.5), height_ratios=[3, 1], sharex=True)
     top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
@@ -97,6 +97,4 @@ def plot_reliability(
     top.legend(loc="upper left", fontsize=8)
     bottom.set(xlabel="confidence (top probability)", ylabel="images")
     figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=110, format="png")
-    plt.close(figure)
+    save_figure(figure, path, tight=False)

@@ -16,7 +16,7 @@ from transfer.datasets import decode_upright, exif_orientation
 from transfer.errors import DataError
 from transfer.heads import HEAD_LAYER
 from transfer.models import backbone_of
-from transfer.reports import drawable
+from transfer.reports import drawable, save_figure
 
 
 def _gradcam_parts(model):
@@ -84,7 +84,6 @@ def plot_gradcam(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from transfer.io import atomic_path
 
     rows = max(1, -(-len(images) // columns))
     figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), squeeze=False)
@@ -96,9 +95,7 @@ def plot_gradcam(
         axis.set_title(title, fontsize=8)
     figure.suptitle("Grad-CAM: where the model looked for the predicted class")
     figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=100, format="png")
-    plt.close(figure)
+    save_figure(figure, path, dpi=100, tight=False)
 
 
 def gradcam_sample(

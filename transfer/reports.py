@@ -124,11 +124,12 @@ def drawable(name: str) -> str:
     return "".join(parts)
 
 
-def _save_figure(figure, path: Path) -> None:
+def save_figure(figure, path: Path, dpi: int = 110, tight: bool = True) -> None:
+    """Every figure's one way to disk: a PNG written whole or not at all, and the figure closed."""
     import matplotlib.pyplot as plt
 
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=110, bbox_inches="tight", format="png")
+        figure.savefig(temporary, dpi=dpi, bbox_inches="tight" if tight else None, format="png")
     plt.close(figure)
 
 
@@ -163,7 +164,7 @@ def plot_confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: Se
                 axis.text(j, i, format(value, fmt), ha="center", va="center",
                           color="white" if value > threshold else "black", fontsize=8)
     figure.suptitle(f"Confusion matrix on the test split ({int(counts.sum())} images)")
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 def plot_history(rows: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -188,7 +189,7 @@ def plot_history(rows: list[dict[str, Any]], path: Path, title: str) -> None:
             axis.text(0.5, 0.5, "no training epochs", ha="center", va="center", transform=axis.transAxes)
         axis.grid(alpha=0.3)
     figure.suptitle(title)
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 def plot_per_class(per_class: dict[str, dict], path: Path) -> None:
@@ -208,7 +209,7 @@ def plot_per_class(per_class: dict[str, dict], path: Path) -> None:
     axis.set(ylim=(0, 1.15), ylabel="score", xlabel="Class (test images)", title="Per-class precision, recall and F1")
     axis.legend(loc="upper center", ncol=3)  # above the bars, in the headroom over 1.0
     axis.grid(axis="y", alpha=0.3)
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 def confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, count: int) -> np.ndarray:
@@ -246,7 +247,7 @@ def plot_gallery(entries: Sequence[tuple[str | Path, str]], path: Path, title: s
     if not entries:
         axes[0, 0].text(0.5, 0.5, empty, ha="center", va="center")
     figure.suptitle(drawable(title))
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 def plot_confident_mistakes(
