@@ -134,36 +134,26 @@ def save_figure(figure, path: Path, dpi: int = 110, tight: bool = True) -> None:
 
 
 def plot_confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: Sequence[str], path: Path) -> None:
-    """Counts and row-normalised (recall per class) confusion matrices, side by side."""
+    """Counts and row-normalised (recall per class) confusion matrices, side by side (scikit-learn's display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.metrics import confusion_matrix
+    from sklearn.metrics import ConfusionMatrixDisplay
 
-    classes = [drawable(name) for name in classes]
-    counts = confusion_matrix(labels, predicted, labels=range(len(classes)))
-    rows = counts.sum(axis=1, keepdims=True)
-    normalised = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
-    side = max(4.5, 0.45 * len(classes) + 2.5)
+    names = [drawable(name) for name in classes]
+    side = max(4.5, 0.45 * len(names) + 2.5)
     # Constrained layout keeps the right panel's class names clear of the left panel's colour bar.
     figure, axes = plt.subplots(1, 2, figsize=(2 * side + 1.5, side), layout="constrained")
-    annotate = len(classes) <= 30
-    for axis, matrix, title, fmt in (
-        (axes[0], counts, "Counts", "d"),
-        (axes[1], normalised, "Normalised by true class", ".2f"),
-    ):
-        image = axis.imshow(matrix, cmap="Blues", vmin=0)
-        figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
+    for axis, normalize, title, fmt in ((axes[0], None, "Counts", "d"),
+                                        (axes[1], "true", "Normalised by true class", ".2f")):
+        with np.errstate(invalid="ignore", divide="ignore"):  # a class with no test image: its row is 0
+            ConfusionMatrixDisplay.from_predictions(
+                labels, predicted, labels=list(range(len(names))), display_labels=names, normalize=normalize,
+                ax=axis, cmap="Blues", values_format=fmt, include_values=len(names) <= 30,
+                xticks_rotation=90 if len(names) > 8 else 45, text_kw={"fontsize": 8})
         axis.set(title=title, xlabel="Predicted class", ylabel="True class")
-        axis.set_xticks(range(len(classes)), classes, rotation=90 if len(classes) > 8 else 45, ha="right")
-        axis.set_yticks(range(len(classes)), classes)
-        if annotate:
-            threshold = matrix.max() / 2 if matrix.max() else 1
-            for (i, j), value in np.ndenumerate(matrix):
-                axis.text(j, i, format(value, fmt), ha="center", va="center",
-                          color="white" if value > threshold else "black", fontsize=8)
-    figure.suptitle(f"Confusion matrix on the test split ({int(counts.sum())} images)")
+    figure.suptitle(f"Confusion matrix on the test split ({len(labels)} images)")
     save_figure(figure, path)
 
 
