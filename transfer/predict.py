@@ -59,6 +59,15 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return unique
 
 
+def _scored(forward, batch, tta: bool) -> np.ndarray:
+    """``forward``'s probabilities for ``batch``; with ``tta``, averaged with the mirrored batch's (the one
+    mirror-averaging of predictions, for evaluate's ``evaluate.tta`` and predict's ``--tta`` alike)."""
+    import tensorflow as tf
+
+    scores = forward(batch).numpy()
+    return (scores + forward(tf.image.flip_left_right(batch)).numpy()) / 2 if tta else scores
+
+
 def class_probabilities(model, paths: list[str], batch_size: int, tta: bool = False) -> np.ndarray:
     """Probabilities for image files in their order; with ``tta``, averaged with the horizontal flips'.
 
@@ -88,10 +97,7 @@ def class_probabilities(model, paths: list[str], batch_size: int, tta: bool = Fa
         count = int(batch.shape[0])
         if count < even:
             batch = tf.concat([batch, tf.zeros([even - count, *batch.shape[1:]], batch.dtype)], axis=0)
-        probabilities = forward(batch).numpy()[:count]
-        if tta:
-            probabilities = (probabilities + forward(tf.image.flip_left_right(batch)).numpy()[:count]) / 2
-        scored.append(probabilities)
+        scored.append(_scored(forward, batch, tta)[:count])
     return np.concatenate(scored)
 
 
@@ -105,7 +111,6 @@ def predict_files(
     Returns:
         (probabilities [files, classes], the problem of each file or None).
     """
-    import tensorflow as tf
     from tqdm import tqdm
 
     with ThreadPoolExecutor(4) as pool:
@@ -117,9 +122,7 @@ def predict_files(
     position = 0
     with tqdm(total=len(good), unit="img", desc="predict", disable=not progress) as bar:
         for batch in dataset:
-            scores = model(batch, training=False).numpy()
-            if tta:
-                scores = (scores + model(tf.image.flip_left_right(batch), training=False).numpy()) / 2
+            scores = _scored(lambda images: model(images, training=False), batch, tta)
             probabilities[good[position : position + len(scores)]] = scores
             position += len(scores)
             bar.update(len(scores))
