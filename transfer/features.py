@@ -84,6 +84,17 @@ def compiled_forward(extractor, image_size: tuple[int, int]):
     return tf.function(lambda images: extractor(images, training=False), input_signature=signature)
 
 
+def padded(batch, size: int):
+    """``batch`` with zero images added up to ``size`` rows (the caller drops their outputs): one shape for every
+    call of a compiled forward pass, the last, smaller batch included."""
+    import tensorflow as tf
+
+    count = int(batch.shape[0])
+    if count >= size:
+        return batch
+    return tf.concat([batch, tf.zeros([size - count, *batch.shape[1:]], batch.dtype)], axis=0)
+
+
 def _local_batches(forward, paths: list[str], image_size: tuple[int, int], batch_size: int):
     """(positions, features) per batch of ``forward`` (see :func:`compiled_forward`) on one device, in file order.
 
@@ -91,13 +102,10 @@ def _local_batches(forward, paths: list[str], image_size: tuple[int, int], batch
     has one shape, and the CPU kernels (oneDNN) prepared for it on the first call serve all of them. A new
     shape costs a new preparation, longer than the padding's few images on costlier backbones.
     """
-    import tensorflow as tf
-
     position = 0
     for batch in image_dataset(paths, image_size, batch_size):
         count = int(batch.shape[0])
-        if count < batch_size:
-            batch = tf.concat([batch, tf.zeros([batch_size - count, *batch.shape[1:]], batch.dtype)], axis=0)
+        batch = padded(batch, batch_size)
         yield np.arange(position, position + count), tuple(output.numpy()[:count] for output in _listed(forward(batch)))
         position += count
 

@@ -82,9 +82,7 @@ def class_probabilities(model, paths: list[str], batch_size: int, tta: bool = Fa
         batch_size: images per forward pass, at most.
         tta: test-time augmentation: each image is also scored mirrored, at twice the cost.
     """
-    import tensorflow as tf
-
-    from transfer.features import compiled_forward
+    from transfer.features import compiled_forward, padded
 
     size = input_size(model)
     classes = int(model.output_shape[-1])
@@ -94,10 +92,7 @@ def class_probabilities(model, paths: list[str], batch_size: int, tta: bool = Fa
     forward = compiled_forward(model, size)
     scored = []
     for batch in image_dataset(paths, size, even):
-        count = int(batch.shape[0])
-        if count < even:
-            batch = tf.concat([batch, tf.zeros([even - count, *batch.shape[1:]], batch.dtype)], axis=0)
-        scored.append(_scored(forward, batch, tta)[:count])
+        scored.append(_scored(forward, padded(batch, even), tta)[:int(batch.shape[0])])
     return np.concatenate(scored)
 
 
