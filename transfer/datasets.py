@@ -6,7 +6,6 @@ later stage reads it from there, never from the folder names again.
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
 import io
@@ -22,7 +21,15 @@ import numpy as np
 
 from transfer.errors import DataError
 from transfer.headers import HeaderError, decoded_size
-from transfer.io import from_spreadsheet_safe, read_csv, read_json, spreadsheet_safe, write_csv, write_json
+from transfer.io import (
+    from_spreadsheet_safe,
+    read_csv,
+    read_json,
+    read_table,
+    spreadsheet_safe,
+    write_csv,
+    write_json,
+)
 from transfer.layout import is_hidden, visible_files
 from transfer.params import AugmentParams
 
@@ -216,13 +223,9 @@ def _curation_rows(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]
         raise DataError(f"{path} does not exist: data.exclude and data.relabel name CSV files (a header line alone "
                         "changes nothing)")
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            header = [name.strip() for name in reader.fieldnames or []]
-            reader.fieldnames = header
-            rows = list(reader)
-    except (UnicodeDecodeError, OSError) as error:
-        raise DataError(f"{path} cannot be read as a UTF-8 CSV file: {error}") from error
+        header, rows = read_table(path)
+    except OSError as error:
+        raise DataError(f"{path} cannot be read: {error}") from error
     missing = [column for column in columns if column not in header]
     if missing:
         raise DataError(f"{path} has no {' or '.join(repr(column) for column in missing)} column; its header is "

@@ -137,8 +137,26 @@ def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Seq
             writer.writerows(rows)
 
 
+def read_table(path: str | os.PathLike) -> tuple[list[str], list[dict[str, str]]]:
+    """(header, rows) of a CSV file with a header row: the one reader of every CSV, the pipeline's own and the
+    user's (curation files, labels CSVs). A byte-order mark (a spreadsheet's "CSV UTF-8") is not part of the
+    first column's name, and spaces around a column's name are not part of it.
+
+    Raises:
+        DataError: the file is not UTF-8 text or not CSV (named, with the reason).
+    """
+    from transfer.errors import DataError
+
+    try:
+        with Path(path).open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            header = [name.strip() for name in reader.fieldnames or []]
+            reader.fieldnames = header
+            return header, list(reader)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path} cannot be read as a UTF-8 CSV file: {error}") from None
+
+
 def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
-    """Read a CSV file with a header row into a list of dicts. A byte-order mark (a spreadsheet's "CSV UTF-8")
-    is not part of the first column's name."""
-    with Path(path).open(newline="", encoding="utf-8-sig") as handle:
-        return list(csv.DictReader(handle))
+    """The rows of a CSV file with a header row, as dicts (see :func:`read_table`)."""
+    return read_table(path)[1]

@@ -7,14 +7,13 @@ and copies it to ``<target>/<label>/``, so every later stage sees the usual one-
 
 from __future__ import annotations
 
-import csv
 import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from transfer.errors import DataError, ParamError
-from transfer.io import shortened
+from transfer.io import read_table, shortened
 from transfer.layout import class_name_problem, visible_files
 from transfer.params import LABELS_FOLDER, input_file
 
@@ -74,19 +73,14 @@ def read_labels(path: Path) -> list[tuple[str, str]]:
     Raises:
         DataError: the file has no recognisable file or label column, or no rows.
     """
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            header = reader.fieldnames or []
-            file_column, label_column = _pick(header, FILE_COLUMNS), _pick(header, LABEL_COLUMNS)
-            if file_column is None or label_column is None:
-                raise DataError(
-                    f"labels CSV {path} has columns {header}; expected a file column (one of "
-                    f"{', '.join(FILE_COLUMNS)}) and a label column (one of {', '.join(LABEL_COLUMNS)})"
-                )
-            rows = [((row[file_column] or "").strip(), (row[label_column] or "").strip()) for row in reader]
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise DataError(f"labels CSV {path} cannot be read as UTF-8 CSV: {error}") from None
+    header, table = read_table(path)
+    file_column, label_column = _pick(header, FILE_COLUMNS), _pick(header, LABEL_COLUMNS)
+    if file_column is None or label_column is None:
+        raise DataError(
+            f"labels CSV {path} has columns {header}; expected a file column (one of "
+            f"{', '.join(FILE_COLUMNS)}) and a label column (one of {', '.join(LABEL_COLUMNS)})"
+        )
+    rows = [((row[file_column] or "").strip(), (row[label_column] or "").strip()) for row in table]
     if not rows:
         raise DataError(f"labels CSV {path} has a header but no rows")
     return rows

@@ -65,3 +65,16 @@ def test_a_csv_saved_by_a_spreadsheet_with_a_byte_order_mark_reads_as_any_other(
 
     (tmp_path / "exclude.csv").write_bytes("\ufefffile,reason\nroses/1.jpg,blurred\n".encode())
     assert read_csv(tmp_path / "exclude.csv") == [{"file": "roses/1.jpg", "reason": "blurred"}]
+
+
+def test_one_csv_reader_for_every_csv_with_a_bom_spaced_names_and_bad_bytes(tmp_path):
+    from transfer.errors import DataError
+    from transfer.io import read_table
+
+    saved = tmp_path / "from_a_spreadsheet.csv"
+    saved.write_bytes("\ufefffile , label\na.png,cat\n".encode())
+    assert read_table(saved) == (["file", "label"], [{"file": "a.png", "label": "cat"}])
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"file\n\xff\xfe\n")
+    with pytest.raises(DataError, match="binary.csv cannot be read as a UTF-8 CSV file"):
+        read_table(binary)
