@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.helpers import ASSETS, make_pipeline_repo, make_shapes_dataset, run  # noqa: E402 (path first)
+from transfer.io import write_json  # noqa: E402
 from transfer.params import parse_params_text  # noqa: E402
 
 DEV_ARCHIVE = ASSETS / "flower_photos_dev.tgz"
@@ -73,27 +74,34 @@ QUICK_PARAMS = {"weights": "none", "image_size": 32, "features.batch_size": 8, "
                 "head.batch_size": 8, "fine_tune.epochs": 2, "fine_tune.batch_size": 8, "evaluate.batch_size": 16}
 
 
-def linear_probe(features: Path) -> dict[str, float]:
-    """Logistic regression on the cached features: C chosen on validation, fitted on train, scored on test."""
-    import numpy as np
+def probe(train: tuple, val: tuple, test: tuple, grid: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)
+          ) -> dict[str, float]:
+    """The benches' linear probe: logistic regression on standardised features, its C chosen on validation
+    from ``grid``, fitted on train, scored on test. Each split is (features, labels)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+
+    best = None
+    for c in grid:
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000))
+        model.fit(*train)
+        score = model.score(*val) if len(val[1]) else 0.0
+        if best is None or score > best[0]:
+            best = (score, c, model)
+    score, c, model = best
+    return {"test_accuracy": float(model.score(*test)), "val_accuracy": float(score), "C": c}
+
+
+def linear_probe(features: Path) -> dict[str, float]:
+    """:func:`probe` on a cached feature folder's splits."""
+    import numpy as np
 
     def split(name: str):
         return (np.load(features / f"{name}_features.npy").astype(np.float32),
                 np.load(features / f"{name}_labels.npy"))
 
-    (x_train, y_train), (x_val, y_val), (x_test, y_test) = split("train"), split("val"), split("test")
-    best = None
-    for c in (0.01, 0.03, 0.1, 0.3, 1.0):
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000))
-        model.fit(x_train, y_train)
-        val = model.score(x_val, y_val) if len(y_val) else 0.0
-        if best is None or val > best[0]:
-            best = (val, c, model)
-    val, c, model = best
-    return {"test_accuracy": float(model.score(x_test, y_test)), "val_accuracy": float(val), "C": c}
+    return probe(split("train"), split("val"), split("test"))
 
 
 def read_run(repo: Path) -> dict[str, object]:
@@ -210,13 +218,6 @@ def parse_sets(items: list[str]) -> dict[str, object]:
     return base
 
 
-def write_json_whole(path: Path, value: dict) -> None:
-    """Write JSON under a temporary name, then rename: a stopped run never leaves half a file."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(value, indent=2) + "\n")
-    temporary.replace(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="generated images, random weights: minutes")
@@ -256,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{backbone} seed {seed}: {json.dumps(per_seed[seed]['default'])}", flush=True)
                 results["backbones"][backbone] = {"params": overrides, "per_seed": per_seed,
                                                   "summary": summarise(per_seed)}
-                write_json_whole(args.out, results)
+                write_json(args.out, results)
     print_table(results)
     print(f"\nwrote {args.out}")
     return 0

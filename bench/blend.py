@@ -35,9 +35,9 @@ from bench.accuracy import (  # noqa: E402 (the repository root goes on the path
     SHARED_WEIGHTS,
     parse_sets,
     settings,
-    write_json_whole,
 )
 from tests.helpers import default_params_tree, make_pipeline_repo, run  # noqa: E402
+from transfer.io import write_json  # noqa: E402
 from transfer.stage import quiet_native_logs  # noqa: E402
 
 BLENDS = (0.0, 0.3, 0.5, 0.7, 1.0)
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{backbone} seed {seed}: {json.dumps(per_seed[seed])}", flush=True)
                 results["backbones"][backbone] = {"params": overrides, "per_seed": per_seed,
                                                   "summary": summarise(per_seed)}
-                write_json_whole(args.out, results)
+                write_json(args.out, results)
     print_table(results)
     print(f"\nwrote {args.out}")
     return 0

@@ -37,9 +37,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bench.accuracy import DEV_ARCHIVE, QUICK_BACKBONE, QUICK_PARAMS, SHARED_WEIGHTS, write_json_whole  # noqa: E402
+from bench.accuracy import DEV_ARCHIVE, QUICK_BACKBONE, QUICK_PARAMS, SHARED_WEIGHTS  # noqa: E402
 from tests.helpers import make_pipeline_repo, make_shapes_dataset, run  # noqa: E402
-from transfer.io import read_csv, read_json  # noqa: E402
+from transfer.io import read_csv, read_json, write_json  # noqa: E402
 from transfer.quality import leaked_test_files  # noqa: E402
 
 FLIP_FRACTION = 0.05
@@ -239,14 +239,14 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(scratch)
         source = photos(args, work)
         results["label_errors"] = planted_label_errors(args, source, work)
-        write_json_whole(args.out, results)
+        write_json(args.out, results)
         for seed in seeds:
             repo = make_pipeline_repo(work / f"repo{seed}", {**base_params(args, source, seed), "fine_tune.epochs": 0})
             run(["dvc", "repro"], repo)
             results["curation"][str(seed)] = curation(repo)
-            write_json_whole(args.out, results)
+            write_json(args.out, results)
         results["leak"] = planted_leak(work / f"repo{args.seed}", args.seed)
-        write_json_whole(args.out, results)
+        write_json(args.out, results)
     print_table(results)
     print(f"\nwrote {args.out}")
     return 0

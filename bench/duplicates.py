@@ -34,9 +34,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.accuracy import DEV_ARCHIVE, SHARED_WEIGHTS, write_json_whole  # noqa: E402 (path first)
+from bench.accuracy import DEV_ARCHIVE, SHARED_WEIGHTS  # noqa: E402 (path first)
 from bench.data_quality import reencoded_copy  # noqa: E402
 from transfer import quality  # noqa: E402
+from transfer.io import write_json  # noqa: E402
 
 DEV_BACKBONE = "mobilenetv2_0.35"
 RATIOS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             if name == "plain":
                 record["cost"] = cost(paths, source, backbone, weights, size, planted)
             results[name] = record
-            write_json_whole(args.out, results)
+            write_json(args.out, results)
             print(f"\n{name}: {record['photos']} photos, {record['copies']} copies, {record['pairs']} pairs; "
                   f"each copy's ratio to its original: {record['copy_ratios']}")
             print("  ratio  copies found  pairs flagged  pairs of different photos listed")

@@ -37,9 +37,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.accuracy import parse_sets, settings, write_json_whole  # noqa: E402 (path first)
+from bench.accuracy import parse_sets, settings  # noqa: E402 (path first)
 from tests.helpers import make_pipeline_repo, run  # noqa: E402
-from transfer.io import read_csv  # noqa: E402
+from transfer.io import read_csv, write_json  # noqa: E402
 
 CAPTURED = "epoch_probabilities.npz"
 # Params under which the stage scores validation once per epoch with a classifier whose weights are the photo
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{backbone} seed {seed}: {json.dumps(per_seed[seed]['picks'])}", flush=True)
                 results["backbones"][backbone] = {"params": overrides, "per_seed": per_seed,
                                                   "summary": summarise(per_seed)}
-                write_json_whole(args.out, results)
+                write_json(args.out, results)
     print_table(results)
     print(f"\nwrote {args.out}")
     return 0

@@ -30,8 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.accuracy import DEV_ARCHIVE, SHARED_WEIGHTS, write_json_whole  # noqa: E402 (path first)
+from bench.accuracy import DEV_ARCHIVE, SHARED_WEIGHTS, probe  # noqa: E402 (path first)
 from tests.helpers import default_params_tree, make_shapes_dataset  # noqa: E402
+from transfer.io import write_json  # noqa: E402
 
 # Each variant: the features it trains on (single view, or each image averaged with its mirror) and the head
 # params changed from the defaults.
@@ -105,20 +106,9 @@ def train_head(features, splits: dict, head, seed: int, classes: int) -> dict[st
 
 
 def linear_probe(features, splits: dict) -> dict[str, float]:
-    """Logistic regression on standardised features, C chosen on validation."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    (train, train_y), (val, val_y), (test, test_y) = (splits[name] for name in ("train", "val", "test"))
-    best = None
-    for c in (0.003, 0.01, 0.03, 0.1, 0.3, 1.0):
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000))
-        model.fit(features[train], train_y)
-        score = model.score(features[val], val_y)
-        if best is None or score > best[0]:
-            best = (score, model)
-    return {"test_accuracy": float(best[1].score(features[test], test_y))}
+    """:func:`bench.accuracy.probe` on rows of ``features`` (its C grid reaching one step lower)."""
+    rows = [(features[splits[name][0]], splits[name][1]) for name in ("train", "val", "test")]
+    return {"test_accuracy": probe(*rows, grid=(0.003, 0.01, 0.03, 0.1, 0.3, 1.0))["test_accuracy"]}
 
 
 def study(extracted: dict, seeds: int, defaults: dict) -> dict:
@@ -191,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         for backbone, source, weights, size in chosen:
             record = study(extract(source, backbone, weights, size), args.seeds, defaults)
             results["backbones"][backbone] = record
-            write_json_whole(args.out, results)
+            write_json(args.out, results)
             print(f"\n{backbone}: test accuracy, mean [min, max] over {args.seeds} split seed(s)")
             for name, row in record["summary"].items():
                 print(f"  {name:40} {row['mean']:.4f}  [{row['min']:.4f}, {row['max']:.4f}]")
