@@ -8,6 +8,7 @@ in which it differs from the commit it was run from.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from transfer.errors import UserError
@@ -79,7 +80,10 @@ def compare(repo: str | None = None) -> list[str]:
         raise UserError(f"python -m transfer compare needs DVC: {error}") from None
     from transfer.params import PARAMS_FILE, flatten, read_params_file, repository_root
 
-    root = repository_root() if repo is None else repo
+    root = Path(repository_root() if repo is None else repo)
+    if not (root / ".dvc").is_dir():
+        raise UserError(f"{root.resolve()} is not a DVC repository (it has no .dvc folder): run compare in the "
+                        "project, or name it with --repo")
     try:
         rows = dvc.api.exp_show(repo=str(root))
     except DvcException as error:

@@ -38,3 +38,13 @@ def test_a_long_line_is_cut_at_the_width():
     rows = [_row("baseline", None, "main", **dict.fromkeys(many, 0)), _row("branch_base", "wide", "b", **many)]
     lines = comparison_lines(rows, list(many))
     assert max(len(line) for line in lines) <= WIDTH and lines[2].endswith("...")
+
+
+def test_outside_a_dvc_repository_it_says_so_in_one_line(tmp_path):
+    import pytest
+
+    from transfer.compare import compare
+    from transfer.errors import UserError
+
+    with pytest.raises(UserError, match="is not a DVC repository \\(it has no .dvc folder\\)"):
+        compare(str(tmp_path))
