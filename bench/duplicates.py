@@ -8,7 +8,9 @@ data-quality bench's planted leak):
 - ``dev``: the shared 1,000-photo dev set, 50 copies (each beside its original, in its class);
 - ``plain``: 2,000 generated photos of objects against one plain background (ten kinds of shape, each object
   with a surface pattern of its own, anywhere in the frame, under lighting that varies from shot to shot), 10
-  copies: the case where every photo's features look alike.
+  copies: the case where every photo's features look alike;
+- ``small``: 300 generated shapes of 48 px (the tests' shapes), 10 copies: where an 80% copy loses much of
+  the little there is (CIFAR-sized images).
 
 The report's own code judges them (``transfer.quality``: the thumbnails, the usual distances, the rule), with
 every image in a split of its own so that every pair counts. For each ratio: how many copies are paired with
@@ -36,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.accuracy import DEV_ARCHIVE, SHARED_WEIGHTS  # noqa: E402 (path first)
 from bench.data_quality import reencoded_copy  # noqa: E402
+from tests.helpers import make_shapes_dataset  # noqa: E402
 from transfer import quality  # noqa: E402
 from transfer.io import write_json  # noqa: E402
 
@@ -183,13 +186,15 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(scratch)
         if args.quick:
             plain = plain_background_photos(work / "plain", per_class=20, size=96, seed=args.seed)
-            sets = {"plain": (plain, 4)}
+            small = make_shapes_dataset(work / "small", per_class=30, size=48, seed=args.seed)
+            sets = {"plain": (plain, 4), "small": (small, 4)}
             backbone, weights, size = DEV_BACKBONE, None, 96
         else:
             if not DEV_ARCHIVE.is_file():
                 raise SystemExit(f"error: {DEV_ARCHIVE} is missing; run with --quick for generated photos")
             plain = plain_background_photos(work / "plain", per_class=200, size=400, seed=args.seed)
-            sets = {"dev": (dev_photos(work), 50), "plain": (plain, 10)}
+            small = make_shapes_dataset(work / "small", per_class=100, size=48, seed=args.seed)
+            sets = {"dev": (dev_photos(work), 50), "plain": (plain, 10), "small": (small, 10)}
             backbone, weights, size = DEV_BACKBONE, str(SHARED_WEIGHTS[DEV_BACKBONE]), 288
         for name, (source, count) in sets.items():
             paths, planted = with_copies(source, count, args.seed)

@@ -40,4 +40,5 @@ def test_quick_duplicates_bench_finds_the_copies_and_times_the_report(tmp_path):
     flagged = [row["pairs_flagged"] for row in record["ratios"].values()]
     assert flagged == sorted(flagged), "a higher ratio never flags fewer"
     assert record["cost"]["report_seconds"] > 0 and len(record["cost"]["feature_rank_of_original"]) == 4
+    assert json.loads(out.read_text())["small"]["copies"] == 4
     assert "copies found" in result.stdout

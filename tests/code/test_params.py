@@ -337,7 +337,7 @@ _SECOND_VALUES = {
     "head.optimizer": ["sgd"],
     "head.schedule": ["cosine"],
     "fine_tune.unfreeze": ["all", 40],
-    "quality.duplicate_ratio": [0.2],
+    "quality.duplicate_ratio": [0.1],
     "fine_tune.class_weight": ["balanced"],
     "fine_tune.optimizer": ["adam"],
     "fine_tune.schedule": ["constant"],
