@@ -24,8 +24,6 @@ def test_quick_data_quality_bench_finds_what_it_planted(tmp_path):
     assert cure["suspects"] == cure["suspects_in_train_val"] + cure["suspects_in_test"]
     assert cure["dropped_everywhere_test_images"] == cure["test_images"] - cure["suspects_in_test"]
     leak = results["leak"]
-    # 48 px shapes: a copy resized to 80% and re-encoded loses much of the little there is (bench/duplicates.py,
-    # its small set), so one may pass unpaired.
-    assert leak["planted"] == 10 and leak["found"] >= 9, leak
-    for text in ("planted label errors", "curation", f"planted leak: {leak['found']} of 10 found"):
+    assert leak["planted"] == 10 and leak["found"] == 10, leak
+    for text in ("planted label errors", "curation", "planted leak: 10 of 10 found"):
         assert text in result.stdout
