@@ -3,13 +3,13 @@
 import subprocess
 import sys
 
-from tests.helpers import REPO
+from tests.helpers import REPO, committed_params_text
 
 
 def test_tests_read_the_projects_params_not_an_experiments_leftovers_or_a_users_baseline(tmp_path):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
-    project = (clone / "params.yaml").read_text()
+    project = committed_params_text()  # this checkout may itself sit on a user's baseline
     # A user's baseline, committed before queueing experiments (as docs/experiments.md says): another backbone
     # and source, which the defaults' own test would refuse.
     baseline = project.replace("backbone: efficientnetb0", "backbone: mobilenetv2_0.35")
