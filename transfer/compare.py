@@ -50,19 +50,22 @@ def comparison_lines(rows: list[dict[str, Any]], param_keys: list[str]) -> list[
     experiments run from it; the workspace first)."""
     heading = f"{'experiment':<22} {'created':>9}  " + "  ".join(f"{name:>8}" for name, *_ in METRICS) + "  params"
     lines = [heading]
-    commits = [row for row in rows if row.get("typ") == "baseline" and row.get("rev") != "workspace"]
-    reference: dict[str, Any] = _params(commits[0], param_keys) if commits else {}
+    def is_commit(row: dict[str, Any]) -> bool:
+        return row.get("typ") == "baseline" and row.get("rev") != "workspace"
+
+    first = next((row for row in rows if is_commit(row)), None)
+    reference: dict[str, Any] = _params(first, param_keys) if first else {}
     for row in rows:
         params = _params(row, param_keys)
-        is_commit = row in commits
-        if is_commit:
+        commit = is_commit(row)
+        if commit:
             reference = params  # the experiments listed after a commit were run from it
         changed = [f"{key}={_spell(value)}" for key, value in params.items() if value != reference.get(key)]
         name = row.get("Experiment") or row.get("rev") or "?"
         if row.get("typ") != "baseline":
             name = f"  {name}"
         scores = "  ".join(f"{_score(_column(row, key, file)):>8}" for _, key, file in METRICS)
-        described = " ".join(changed) if changed else "(as committed)" if is_commit else "(no change)"
+        described = " ".join(changed) if changed else "(as committed)" if commit else "(no change)"
         state = row.get("State")
         if state and state != "Success":
             described = f"[{state.lower()}] {described}"

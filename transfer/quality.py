@@ -247,8 +247,7 @@ def outlier_scores(images: Images) -> np.ndarray:
     scores = np.zeros(count)
     for start in range(0, count, BLOCK):
         rows = np.arange(start, min(start + BLOCK, count))
-        similarity = unit[rows] @ unit.T
-        similarity[np.arange(len(rows)), rows] = -np.inf  # never one's own neighbour
+        similarity = _block_similarities(unit, rows)
         closest = np.full(len(rows), -np.inf)
         for group in members:
             k = min(NEIGHBOURS, len(group) - 1) if len(group) > 1 else len(group)
@@ -265,9 +264,10 @@ def outlier_scores(images: Images) -> np.ndarray:
     return scores
 
 
-def _thumbnail_similarities(unit: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def _block_similarities(unit: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Cosine similarities of unit ``rows`` to every row, each row's own set to -inf (never its own neighbour)."""
     similarity = unit[rows] @ unit.T
-    similarity[np.arange(len(rows)), rows] = -np.inf  # never one's own near-duplicate
+    similarity[np.arange(len(rows)), rows] = -np.inf
     return similarity
 
 
@@ -281,7 +281,7 @@ def usual_distances(unit: np.ndarray) -> np.ndarray:
         return usual
     for start in range(0, count, BLOCK):
         rows = np.arange(start, min(start + BLOCK, count))
-        similarity = _thumbnail_similarities(unit, rows)
+        similarity = _block_similarities(unit, rows)
         usual[rows] = 1.0 - (-np.partition(-similarity, rank - 1, axis=1)[:, rank - 1])
     return np.maximum(usual, 0.0)  # copies' similarity may round to just over 1
 
@@ -306,7 +306,7 @@ def near_duplicates(images: Images, ratio: float) -> tuple[list[tuple[int, int, 
     columns = np.arange(count)
     for start in range(0, count, BLOCK):
         rows = np.arange(start, min(start + BLOCK, count))
-        similarity = _thumbnail_similarities(unit, rows)
+        similarity = _block_similarities(unit, rows)
         distance = np.maximum(1.0 - similarity, 0.0)
         scale = np.minimum(usual[rows][:, None], usual[None, :])
         with np.errstate(divide="ignore", invalid="ignore"):
