@@ -1,7 +1,7 @@
 """How accurate the default pipeline is, over several split seeds, and what each lever of its recipe is worth.
 
     python bench/accuracy.py [--quick] [--seeds 3] [--backbones mobilenetv2_0.35,mobilenetv2_0.5]
-                             [--levers all|none|name,...] [--lever-seeds N] [--out bench/accuracy.json]
+                             [--levers all|none|name,...] [--lever-seeds N] [--out bench/results/accuracy.json]
 
 For every backbone and seed it builds a fresh copy of the pipeline with default params (only the source,
 the backbone, its weights and the seed set), runs the real ``dvc repro``, and reads what the stages wrote:
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a param for every run, over the defaults (YAML value; repeatable): to measure a "
                              "candidate default and its levers before committing it")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "accuracy.json", help="where to write")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "accuracy.json", help="where to write")
     args = parser.parse_args(argv)
     base = parse_sets(args.set)
     args.backbones = [name.strip() for name in args.backbones.split(",") if name.strip()]

@@ -1,7 +1,7 @@
 """What ``fine_tune.blend`` does to test accuracy: the fine-tuned weights moved back toward the head's start.
 
     python bench/blend.py [--quick] [--seeds 3] [--backbones mobilenetv2_0.35,mobilenetv2_0.5]
-                          [--set key=value ...] [--out bench/blend.json]
+                          [--set key=value ...] [--out bench/results/blend.json]
 
 For every backbone and seed it builds a fresh copy of the pipeline with default params (the source, the
 backbone, its weights and the seed set, plus any ``--set``), runs the real ``dvc repro`` with
@@ -38,7 +38,7 @@ from bench.accuracy import (  # noqa: E402 (the repository root goes on the path
 )
 from tests.helpers import default_params_tree, make_pipeline_repo, run  # noqa: E402
 from transfer.io import write_json  # noqa: E402
-from transfer.stage import quiet_native_logs  # noqa: E402
+from transfer.process import quiet_native_logs  # noqa: E402
 
 BLENDS = (0.0, 0.3, 0.5, 0.7, 1.0)
 START_MODEL = "start.keras"
@@ -49,10 +49,10 @@ def scores(repo: Path, blends: tuple[float, ...]) -> dict[str, dict[str, float]]
     import keras
     import numpy as np
 
-    from transfer.datasets import read_classes, read_split
-    from transfer.models import load_model
-    from transfer.predict import class_probabilities
-    from transfer.training import blend_weights
+    from transfer.data.splits import read_classes, read_split
+    from transfer.model.classifier import load_model
+    from transfer.model.training import blend_weights
+    from transfer.serve.predict import class_probabilities
 
     model, classes = load_model(repo / "models/model.keras")
     assert list(classes) == read_classes(repo / "data/splits"), "the model was trained on the split's classes"
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated, from " + ", ".join(SHARED_WEIGHTS))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a param under every run, as dvc exp run -S writes it (repeatable)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "blend.json", help="where to write")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "blend.json", help="where to write")
     args = parser.parse_args(argv)
     quiet_native_logs()  # this process imports TensorFlow to score the blends: the stages' filter on its chatter
     base = parse_sets(args.set)

@@ -1,6 +1,6 @@
 """Does the data-quality report find what is planted, and what do its fixes do to the measured accuracy?
 
-    python bench/data_quality.py [--quick] [--seed 0] [--curation-seeds 3] [--out bench/data_quality.json]
+    python bench/data_quality.py [--quick] [--seed 0] [--curation-seeds 3] [--out bench/results/data_quality.json]
 
 Runs the real pipeline (``dvc repro``, and for the planted leak the stage scripts themselves) in fresh copies:
 
@@ -39,8 +39,8 @@ import numpy as np  # noqa: E402
 
 from bench.accuracy import DEV_ARCHIVE, QUICK_BACKBONE, QUICK_PARAMS, SHARED_WEIGHTS  # noqa: E402
 from tests.helpers import make_pipeline_repo, make_shapes_dataset, run  # noqa: E402
+from transfer.data.quality_report import leaked_test_files  # noqa: E402
 from transfer.io import read_csv, read_json, write_json  # noqa: E402
-from transfer.quality import leaked_test_files  # noqa: E402
 
 FLIP_FRACTION = 0.05
 LEAKED = 10
@@ -232,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="the split seed, and the flips' and the leak's")
     parser.add_argument("--curation-seeds", type=int, default=None,
                         help="split seeds of the curation runs, from --seed on (default: 3; 1 with --quick)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "data_quality.json", help="where to write")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "data_quality.json",
+                        help="where to write")
     args = parser.parse_args(argv)
     seeds = range(args.seed, args.seed + (args.curation_seeds or (1 if args.quick else 3)))
     results: dict[str, object] = {"quick": args.quick, "seed": args.seed, "curation": {}}

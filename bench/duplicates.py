@@ -1,6 +1,6 @@
 """Where to set quality.duplicate_ratio: planted re-encoded copies found, pairs of different photos listed, cost.
 
-    python bench/duplicates.py [--quick] [--out bench/duplicates.json]
+    python bench/duplicates.py [--quick] [--out bench/results/duplicates.json]
 
 Two data sets, each with seeded photos copied (resized to 80% and saved again as JPEG at quality 70, the
 data-quality bench's planted leak):
@@ -12,7 +12,7 @@ data-quality bench's planted leak):
 - ``small``: 300 generated shapes of 48 px (the tests' shapes), 10 copies: where an 80% copy loses much of
   the little there is (CIFAR-sized images).
 
-The report's own code judges them (``transfer.quality``: the thumbnails, the usual distances, the rule), with
+The report's own code judges them (``transfer.data.duplicates``: the thumbnails, the usual distances, the rule), with
 every image in a split of its own so that every pair counts. For each ratio: how many copies are paired with
 their original, and how many pairs of two different photos are listed. On ``plain`` it also times the whole
 report (thumbnails, near-duplicates, out-of-fold probabilities, outliers) against the extraction of the same
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from bench.accuracy import DEV_ARCHIVE, SHARED_WEIGHTS  # noqa: E402 (path first)
 from bench.data_quality import reencoded_copy  # noqa: E402
 from tests.helpers import make_shapes_dataset  # noqa: E402
-from transfer import quality  # noqa: E402
+from transfer.data import catalog, duplicates, quality  # noqa: E402
 from transfer.io import write_json  # noqa: E402
 
 DEV_BACKBONE = "mobilenetv2_0.35"
@@ -121,20 +121,20 @@ def with_copies(source: Path, count: int, seed: int) -> tuple[list[Path], list[t
 
 def judged(paths: list[Path], planted: list[tuple[int, int]]) -> dict[str, object]:
     """The report's rule at each ratio, every image in a split of its own (so every pair counts)."""
-    thumbs = quality.thumbnails(paths)
-    images = quality.Images(files=[str(path) for path in paths], splits=np.array([str(i) for i in range(len(paths))]),
+    thumbs = catalog.thumbnails(paths)
+    images = catalog.Images(files=[str(path) for path in paths], splits=np.array([str(i) for i in range(len(paths))]),
                             labels=np.zeros(len(paths), np.int64), features=thumbs, classes=["all"],
                             thumbnails=thumbs)
     planted = [(min(pair), max(pair)) for pair in planted]  # as the report orders a pair
     rows: dict[str, object] = {}
     for ratio in RATIOS:
-        pairs, total = quality.near_duplicates(images, ratio)
+        pairs, total = duplicates.near_duplicates(images, ratio)
         found = {(a, b) for a, b, *_ in pairs} & set(planted)
         different = [pair for pair in pairs if pair[:2] not in set(planted)]
         rows[f"{ratio:.2f}"] = {"copies_found": len(found), "pairs_flagged": total,
                                 "pairs_of_different_photos_listed": len(different)}
     # Each copy's own ratio at its original: the margin under the chosen ratio.
-    pairs, _ = quality.near_duplicates(images, 1.0)
+    pairs, _ = duplicates.near_duplicates(images, 1.0)
     ratio_of = {(a, b): value for a, b, _, value in pairs}
     copy_ratios = sorted(round(ratio_of.get(pair, float("inf")), 4) for pair in planted)
     return {"photos": len(paths) - len(planted), "copies": len(planted),
@@ -155,14 +155,14 @@ def cost(paths: list[Path], source: Path, backbone: str, weights: str | None, si
     assert sorted(photos) == paths, "the scan sees the photos listed"
     start = time.perf_counter()
     labels = np.array([scan.classes.index(label) for _, label, _ in scan.images])
-    images = quality.Images(files=[str(path) for path in photos],
+    images = catalog.Images(files=[str(path) for path in photos],
                             splits=np.where(np.arange(len(photos)) % 5 == 0, "test", "train"), labels=labels,
                             features=features["mirror"], classes=scan.classes)
-    images.thumbnails = quality.thumbnails(photos)
+    images.thumbnails = catalog.thumbnails(photos)
     report = quality.assess(images, 5, 0.2, 0)
     seconds = time.perf_counter() - start
     row = {path: i for i, path in enumerate(photos)}
-    unit = quality.unit_rows(features["mirror"])
+    unit = catalog.unit_rows(features["mirror"])
     ranks = []
     for original, copy in planted:
         similarity = unit @ unit[row[paths[copy]]]
@@ -178,10 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="200 generated photos, random weights: a minute")
     parser.add_argument("--seed", type=int, default=0, help="which photos are copied, and the generated photos")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "duplicates.json", help="where to write")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "duplicates.json",
+                        help="where to write")
     args = parser.parse_args(argv)
-    results: dict[str, object] = {"quick": args.quick, "seed": args.seed, "thumbnail": quality.THUMBNAIL,
-                                  "usual_rank": quality.USUAL_RANK, "same_picture": quality.SAME_PICTURE}
+    results: dict[str, object] = {"quick": args.quick, "seed": args.seed, "thumbnail": catalog.THUMBNAIL,
+                                  "usual_rank": duplicates.USUAL_RANK, "same_picture": duplicates.SAME_PICTURE}
     with tempfile.TemporaryDirectory(prefix="bench-duplicates-") as scratch:
         work = Path(scratch)
         if args.quick:

@@ -1,7 +1,7 @@
 """Which fine-tune epoch to keep: each rule's choice, scored on test, from every epoch's probabilities.
 
     python bench/epochs.py [--quick] [--seeds 3] [--backbones mobilenetv2_0.35,mobilenetv2_0.5]
-                           [--set KEY=VALUE] [--probabilities DIR] [--out bench/epochs.json]
+                           [--set KEY=VALUE] [--probabilities DIR] [--out bench/results/epochs.json]
 
 For every backbone and seed it builds a fresh copy of the pipeline with default params (only the source, the
 backbone, its weights and the seed set), runs the real ``dvc repro train-head``, then the fine-tune stage's own
@@ -65,8 +65,8 @@ def cross_entropy(probabilities: np.ndarray, labels: np.ndarray, smoothing: floa
 
 
 def calibrated_cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """Cross-entropy after the temperature that minimises it (transfer.calibration's fit, as evaluate fits it)."""
-    from transfer.calibration import fit_temperature, scale
+    """Cross-entropy after the temperature that minimises it (transfer.model.calibration's fit, as evaluate fits it)."""
+    from transfer.model.calibration import fit_temperature, scale
 
     return cross_entropy(scale(probabilities, fit_temperature(probabilities, labels)), labels)
 
@@ -112,11 +112,12 @@ def capture(repo: Path) -> None:
     import importlib.util
 
     os.chdir(repo)
-    import transfer.training as training
-    from transfer.backbones import resolve
-    from transfer.datasets import image_dataset, read_classes, read_split
+    from transfer.data.pipeline import image_dataset
+    from transfer.data.splits import read_classes, read_split
     from transfer.layout import RAW, SPLITS
-    from transfer.params import Params, read_backbone
+    from transfer.model import scoring, training
+    from transfer.model.registry import resolve
+    from transfer.schema import Params, read_backbone
 
     params = Params.load()
     choice = resolve(read_backbone(params), params.source)
@@ -124,7 +125,7 @@ def capture(repo: Path) -> None:
     splits = {name: read_split(SPLITS, name, RAW, classes) for name in ("val", "test")}
     photos = {"test": image_dataset(splits["test"][0], choice.image_size, 32)}
     kept: dict[str, list[np.ndarray]] = {"val": [], "test": []}
-    stage_score = training.score
+    stage_score = scoring.score
     assembled: list = []  # the stage's classifiers in the order it assembles them: the photo classifier first
 
     def score(model, data, batch_size, strategy=None):
@@ -144,7 +145,7 @@ def capture(repo: Path) -> None:
         return assembled[-1]
 
     stage.assemble_classifier = assemble
-    training.score = stage.score = score  # the stage's epoch 0, and its per-epoch scorer (transfer.training)
+    training.score = stage.score = score  # the stage's epoch 0, and its per-epoch scorer (in training.fit)
     stage.main()
     np.savez(repo / CAPTURED, val=np.stack(kept["val"]), test=np.stack(kept["test"]),
              val_y=splits["val"][1], test_y=splits["test"][1])
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a param for every run, over the defaults (YAML value; repeatable)")
     parser.add_argument("--probabilities", type=Path, default=None,
                         help="a folder to keep each run's per-epoch probabilities in (<backbone>_seed<N>.npz)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "epochs.json", help="where to write")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "epochs.json", help="where to write")
     parser.add_argument("--capture", type=Path, help=argparse.SUPPRESS)  # the child process: one stage run
     args = parser.parse_args(argv)
     if args.capture is not None:

@@ -1,7 +1,7 @@
 """Which head recipe to default to: head variants and the linear probe over many split seeds, in minutes.
 
     python bench/heads.py [--quick] [--seeds 10] [--backbones mobilenetv2_0.35,mobilenetv2_0.5]
-                          [--image-size 224] [--out bench/heads.json]
+                          [--image-size 224] [--out bench/results/heads.json]
 
 The heads are what train-head trains (the stage's own ``build_head``, ``compile_with``, ``fit`` and ``seed``),
 on the pipeline's own features: each photo of the data set goes through the extractor once, as given and
@@ -53,9 +53,11 @@ def extract(source: Path, backbone: str, weights: str | None, size: int | None) 
     import numpy as np
     import tensorflow as tf
 
-    from transfer.backbones import build_views, resolve
-    from transfer.datasets import image_dataset, scan_images
-    from transfer.params import BackboneParams
+    from transfer.data.images import scan_images
+    from transfer.data.pipeline import image_dataset
+    from transfer.model.backbones import build_views
+    from transfer.model.registry import resolve
+    from transfer.schema import BackboneParams
 
     scan = scan_images(source)
     paths = [str(source / path) for path, _, _ in scan.images]
@@ -75,7 +77,7 @@ def split_indices(scan, seed: int, val: float, test: float) -> dict:
     """The split stage's split of ``scan`` for ``seed``: {split: (row indices, labels)}."""
     import numpy as np
 
-    from transfer.datasets import stratified_split
+    from transfer.data.splits import stratified_split
 
     index = {path: i for i, (path, _, _) in enumerate(scan.images)}
     label = {name: i for i, name in enumerate(scan.classes)}
@@ -88,8 +90,9 @@ def train_head(features, splits: dict, head, seed: int, classes: int) -> dict[st
     """train-head's recipe on these features: its model, compile, fit and seed; scored on val and test."""
     import numpy as np
 
-    from transfer.heads import build_head
-    from transfer.training import compile_with, fit, plain_scores, set_determinism
+    from transfer.model.heads import build_head
+    from transfer.model.scoring import plain_scores
+    from transfer.model.training import compile_with, fit, set_determinism
 
     set_determinism(seed)
     eye = np.eye(classes, dtype=np.float32)
@@ -113,7 +116,7 @@ def linear_probe(features, splits: dict) -> dict[str, float]:
 
 def study(extracted: dict, seeds: int, defaults: dict) -> dict:
     """Every variant and both probes on every seed, then the mean test accuracy of each over the seeds."""
-    from transfer.params import Params, read_head
+    from transfer.schema import Params, read_head
 
     base = read_head(Params(defaults))
     per_seed = []
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=None,
                         help="the side the photos run through the backbone at (default: the backbone's default, "
                              "as image_size: null gives it)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "heads.json", help="where to write")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "heads.json", help="where to write")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         raise SystemExit(f"error: --seeds {args.seeds}: expected 1 or more")

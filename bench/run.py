@@ -1,6 +1,6 @@
 """The speed promises of the pipeline, as ratios of two things measured side by side in one run.
 
-    python bench/run.py [--quick] [--generated] [--out bench/results.json]
+    python bench/run.py [--quick] [--generated] [--out bench/results/speed.json]
 
 Uses the shared flowers archive and MobileNetV2 0.35 weights from ../shared/assets when present, generated
 shapes (ResNet50, random weights, 32 px) otherwise or with --generated. Prints a table and writes the
@@ -31,7 +31,7 @@ from tests.helpers import (  # noqa: E402 (the repository root goes on the path 
     make_shapes_dataset,
     run,
 )
-from transfer.stage import quiet_native_logs  # noqa: E402
+from transfer.process import quiet_native_logs  # noqa: E402
 
 # name: (comparison, target); None: reported only.
 TARGETS = {
@@ -130,12 +130,12 @@ import resource, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import numpy as np
-from transfer.backbones import build_views, resolve
-from transfer.heads import build_head
-from transfer.models import assemble_classifier, backbone_of, unfreeze_top
-from transfer.params import Params, read_backbone, read_fine_tune
-from transfer.training import compile_with, fit
-from transfer.trunk import TrunkCache, boundary_layer, classifiers, split_backbone
+from transfer.model.backbones import build_views, resolve
+from transfer.model.heads import build_head
+from transfer.model.classifier import assemble_classifier, backbone_of, unfreeze_top
+from transfer.schema import Params, read_backbone, read_fine_tune
+from transfer.model.training import compile_with, fit
+from transfer.model.trunk import TrunkCache, boundary_layer, classifiers, split_backbone
 params = Params.load(Path(sys.argv[2]) / "params.yaml")
 choice, tune = resolve(read_backbone(params)), read_fine_tune(params)
 cache = TrunkCache(Path(sys.argv[3]))
@@ -163,7 +163,7 @@ def finetune_peak_rss_kib(repo: Path, folder: Path, times: int) -> int:
     trunk cache with its training images repeated ``times`` over (each view's rows tiled)."""
     import numpy as np
 
-    from transfer.rows import RowFile
+    from transfer.model.rows import RowFile
 
     features = repo / "data/features"
     (folder / "trunk").mkdir(parents=True)
@@ -192,9 +192,9 @@ import json, resource, sys, tempfile
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import numpy as np
-from transfer.backbones import build_feature_extractor, resolve
-from transfer.features import extract_features
-from transfer.params import BackboneParams
+from transfer.model.backbones import build_feature_extractor, resolve
+from transfer.model.features import extract_features
+from transfer.schema import BackboneParams
 paths = json.loads(Path(sys.argv[2]).read_text()) * int(sys.argv[3])
 choice = resolve(BackboneParams(sys.argv[4], sys.argv[5], json.loads(sys.argv[6])))
 extractor = build_feature_extractor(choice)
@@ -247,8 +247,8 @@ def extraction_pace(extractor, image_size: tuple[int, int], paths: list[str], ro
     """
     import numpy as np
 
-    from transfer.datasets import image_dataset
-    from transfer.features import compiled_forward, extract_features
+    from transfer.data.pipeline import image_dataset
+    from transfer.model.features import compiled_forward, extract_features
 
     # In memory, the last batch padded to the full size as extraction pads it: the same work, one shape.
     batches = [batch for batch in image_dataset(paths, image_size, 32)]
@@ -281,14 +281,16 @@ def in_process_ratios(repo: Path, epochs: int, quick: bool) -> dict:
     import numpy as np
 
     os.chdir(repo)
-    from transfer.backbones import build_feature_extractor, resolve
-    from transfer.datasets import image_dataset, read_classes, read_split
-    from transfer.features import FeatureStore, extract_features
-    from transfer.heads import build_head
+    from transfer.data.pipeline import array_dataset, image_dataset
+    from transfer.data.splits import read_classes, read_split
     from transfer.layout import FEATURES, RAW, SPLITS
-    from transfer.models import assemble_classifier, unfreeze_top
-    from transfer.params import BackboneParams, Params, read_backbone
-    from transfer.training import array_dataset, compile_for_training, set_determinism
+    from transfer.model.backbones import build_feature_extractor
+    from transfer.model.classifier import assemble_classifier, unfreeze_top
+    from transfer.model.features import FeatureStore, extract_features
+    from transfer.model.heads import build_head
+    from transfer.model.registry import resolve
+    from transfer.model.training import compile_for_training, set_determinism
+    from transfer.schema import BackboneParams, Params, read_backbone
 
     choice = resolve(read_backbone(Params.load()))
     classes = read_classes(SPLITS)
@@ -317,7 +319,7 @@ def in_process_ratios(repo: Path, epochs: int, quick: bool) -> dict:
     head = build_head(features.shape[1], len(classes), (), 0.2, False)
     compile_for_training(head, 1e-3, 0.0)
     cached = _EpochTimer()
-    # Fed as train-head feeds it (transfer.training.fit): in-memory arrays through tf.data.
+    # Fed as train-head feeds it (transfer.model.training.fit): in-memory arrays through tf.data.
     head.fit(array_dataset((np.asarray(features, np.float32), hot[labels]), 32, shuffle_seed=0), epochs=epochs,
              verbose=0, callbacks=[cached.callback], shuffle=False)
     cached_accuracy = float((head.predict(np.asarray(test_features, np.float32), verbose=0).argmax(1)
@@ -344,9 +346,9 @@ def in_process_ratios(repo: Path, epochs: int, quick: bool) -> dict:
 
     # 4. The same fine-tune from the trunk cache: extraction writes the trunk's output (both views of every
     # training image) in its pass, then the epochs train the top alone, streamed from that cache on disk.
-    from transfer.backbones import build_views
-    from transfer.models import backbone_of
-    from transfer.trunk import TrunkCache, classifiers, plan_trunk, split_backbone
+    from transfer.model.backbones import build_views
+    from transfer.model.classifier import backbone_of
+    from transfer.model.trunk import TrunkCache, classifiers, plan_trunk, split_backbone
 
     set_determinism(0)
     views, single = build_views(choice, True)
@@ -410,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer epochs and images: about 4 minutes on 2 cores")
     parser.add_argument("--generated", action="store_true", help="generated images even if shared assets exist")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json", help="where to write")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "speed.json", help="where to write")
     args = parser.parse_args(argv)
     # The in-process part imports TensorFlow here: the same filter as the stages', so its start-up chatter (and
     # tf.data's harmless NodeDef line) does not read as an error in the bench's output.

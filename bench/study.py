@@ -1,6 +1,6 @@
 """The CIFAR-10 study: transfer learning against two models trained from scratch, as three queued experiments.
 
-    python bench/study.py [--source PATH_OR_URL] [--images 2000] [--offline] [--quick] [--out bench/study.json]
+    python bench/study.py [--source PATH_OR_URL] [--images 2000] [--offline] [--quick] [--out bench/results/study.json]
     python bench/study.py --print-commands [--source PATH_OR_URL]
 
 The three experiments of :data:`STUDY` (a dense network on the pixels, a small CNN, VGG16 cut at block3_pool
@@ -178,7 +178,7 @@ def main() -> None:
     parser.add_argument("--offline", action="store_true", help="VGG16 with random weights, not ImageNet's")
     parser.add_argument("--quick", action="store_true", help="few images and epochs (what the test runs)")
     parser.add_argument("--print-commands", action="store_true", help="print the queue commands and stop")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "study.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "study.json")
     args = parser.parse_args()
     if args.print_commands:
         for command in queue_commands(args.source or CIFAR10_URL, args.offline, args.quick):

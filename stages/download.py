@@ -12,10 +12,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this file as a script.
 
+from transfer.data.sources import fetch
 from transfer.io import write_json
 from transfer.layout import DOWNLOAD_REPORT, RAW
-from transfer.params import DataParams, Params, read_data
-from transfer.sources import fetch
+from transfer.schema import DataParams, Params, read_data
 from transfer.stage import run_stage
 
 log = logging.getLogger("download")

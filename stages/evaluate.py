@@ -15,16 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this file as a script.
 
-from transfer.calibration import (
-    expected_calibration_error,
-    fit_temperature,
-    plot_reliability,
-    reliability_bins,
-    scale,
-)
-from transfer.datasets import read_classes, read_split
+from transfer.data.quality import accuracy_without
+from transfer.data.quality_report import leaked_test_files
+from transfer.data.splits import read_classes, read_split
 from transfer.errors import DataError
-from transfer.explain import gradcam_sample
 from transfer.io import write_csv, write_json, write_text
 from transfer.layout import (
     DATA_QUALITY_REPORTS,
@@ -36,22 +30,28 @@ from transfer.layout import (
     TEST_METRICS,
     TRACKING_RECORD,
 )
-from transfer.models import input_size, load_model
-from transfer.params import EvaluateParams, Params, read_evaluate
-from transfer.predict import class_probabilities
-from transfer.quality import accuracy_without, leaked_test_files
-from transfer.reports import (
+from transfer.model.calibration import (
+    expected_calibration_error,
+    fit_temperature,
+    plot_reliability,
+    reliability_bins,
+    scale,
+)
+from transfer.model.classifier import input_size, load_model
+from transfer.report.explain import gradcam_sample
+from transfer.report.figures import plot_confident_mistakes, plot_confusion_matrix, plot_per_class
+from transfer.report.metrics import (
     classification_report,
     confusion_records,
     per_class_metrics,
-    plot_confident_mistakes,
-    plot_confusion_matrix,
-    plot_per_class,
     prediction_rows,
     summary_metrics,
 )
+from transfer.report.record import collect_execution
+from transfer.report.tracking import log_execution, open_store_early, run_recorded, tracking_uri
+from transfer.schema import EvaluateParams, Params, read_evaluate
+from transfer.serve.predict import class_probabilities
 from transfer.stage import run_stage
-from transfer.tracking import collect_execution, log_execution, open_store_early, run_recorded, tracking_uri
 
 log = logging.getLogger("evaluate")
 

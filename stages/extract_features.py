@@ -1,11 +1,11 @@
 """extract-features: run the frozen backbone once over every split and cache its pooled features; then the
-data-quality report from them (transfer/quality.py): suspected label errors, near-duplicates across splits and
+data-quality report from them (transfer/data/quality.py): suspected label errors, near-duplicates across splits and
 outliers. Here, once per feature cache, and not in train-head, which would redo it for every head experiment
 although nothing in it depends on the head.
 
 The same pass writes, for fine-tune, the frozen trunk's output at the fine-tune boundary (fine_tune.unfreeze)
 for every training and validation image and its mirror, and for features.trunk_views augmented copies of each
-training image (transfer/trunk.py): fine-tune then trains only the layers it unfreezes.
+training image (transfer/model/trunk.py): fine-tune then trains only the layers it unfreezes.
 
 Reads params: backbone, weights, image_size, features.*, fine_tune.unfreeze (where the trunk is cut), strategy,
 mixed_precision; seed and quality.* for the report.
@@ -22,14 +22,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this file as a script.
 
-from transfer import quality
-from transfer.backbones import BackboneChoice, backbone_digest, build_views, resolve
-from transfer.datasets import SPLITS as SPLIT_NAMES
-from transfer.datasets import read_classes, read_split
-from transfer.distribute import runtime
-from transfer.features import FeatureStore, changing_extractor, extract_features
+from transfer.data import catalog, quality, quality_report
+from transfer.data.splits import SPLITS as SPLIT_NAMES
+from transfer.data.splits import read_classes, read_split
 from transfer.layout import DATA_QUALITY_REPORTS, FEATURES, RAW, SPLITS
-from transfer.params import (
+from transfer.model.backbones import backbone_digest, build_views
+from transfer.model.distribute import runtime
+from transfer.model.features import FeatureStore, changing_extractor, extract_features
+from transfer.model.registry import BackboneChoice, resolve
+from transfer.model.trunk import check_disk, plan_trunk
+from transfer.schema import (
     DistributeParams,
     FeatureParams,
     Params,
@@ -41,7 +43,6 @@ from transfer.params import (
     read_unfreeze,
 )
 from transfer.stage import run_stage
-from transfer.trunk import check_disk, plan_trunk
 
 log = logging.getLogger("extract-features")
 
@@ -57,14 +58,14 @@ def report_data_quality(checks: QualityParams, seed: int) -> float:
     record, not for metrics.json, whose figures are the same for the same inputs)."""
     start = time.perf_counter()
     if not checks.report:
-        quality.write_report_off(DATA_QUALITY_REPORTS)
+        quality_report.write_report_off(DATA_QUALITY_REPORTS)
         log.info("data quality: not checked (quality.report is false)")
         return round(time.perf_counter() - start, 2)
-    images = quality.load_images(FeatureStore(FEATURES), SPLITS, RAW)
+    images = catalog.load_images(FeatureStore(FEATURES), SPLITS, RAW)
     report = quality.assess(images, checks.folds, checks.duplicate_ratio, seed)
-    metrics = quality.summary(images, report, quality.fold_count(images.labels, checks.folds),
+    metrics = quality_report.summary(images, report, quality.fold_count(images.labels, checks.folds),
                               checks.duplicate_ratio)
-    quality.write_report(images, report, DATA_QUALITY_REPORTS, RAW, checks.gallery, metrics)
+    quality_report.write_report(images, report, DATA_QUALITY_REPORTS, RAW, checks.gallery, metrics)
     seconds = time.perf_counter() - start
     log.info("data quality: %d suspected label error(s), %d near-duplicate pair(s) across splits (%d test image(s) "
              "leaked), %d outlier(s), in %.1f s (see %s)", metrics["label_issues"], metrics["near_duplicate_pairs"],

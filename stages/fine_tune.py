@@ -1,7 +1,7 @@
 """fine-tune: put the trained head on the backbone and train the top of both at a low learning rate.
 
 By default (fine_tune.trunk_cache) the epochs train from the frozen trunk's output that extract-features cached
-(data/features/trunk/, transfer/trunk.py): no photo is read and the frozen layers never run here. With
+(data/features/trunk/, transfer/model/trunk.py): no photo is read and the frozen layers never run here. With
 fine_tune.trunk_cache: false, or when nothing is frozen (unfreeze: all), every epoch runs the whole backbone on
 the photos with fine_tune.augment's random changes.
 
@@ -23,52 +23,29 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this file as a script.
 
-from transfer.backbones import BackboneChoice, backbone_digest, build_views, resolve
-from transfer.datasets import augmenter, image_dataset, read_classes, read_split
-from transfer.distribute import runtime
+from transfer.data.pipeline import augmenter, image_dataset
+from transfer.data.splits import read_classes, read_split
 from transfer.errors import DataError
 from transfer.io import read_json, write_json
-from transfer.layout import (
-    CURVES,
-    FEATURES,
-    FINE_TUNE_REPORTS,
-    HEAD_MODEL,
-    HISTORY,
-    MODEL,
-    RAW,
-    SPLITS,
-    STAGE_METRICS,
-)
-from transfer.models import assemble_classifier, backbone_of, load_model, save_model, unfreeze_top
-from transfer.params import (
-    DistributeParams,
-    FineTuneParams,
-    Params,
-    read_backbone,
-    read_distribute,
-    read_fine_tune,
-)
-from transfer.reports import plot_history
+from transfer.layout import CURVES, FEATURES, FINE_TUNE_REPORTS, HEAD_MODEL, HISTORY, MODEL, RAW, SPLITS, STAGE_METRICS
+from transfer.model.backbones import backbone_digest, build_views
+from transfer.model.classifier import assemble_classifier, backbone_of, load_model, save_model, unfreeze_top
+from transfer.model.distribute import runtime
+from transfer.model.registry import BackboneChoice, resolve
+from transfer.model.scoring import score
+from transfer.model.stopping import best_epoch, cap_note
+from transfer.model.training import blend_weights, class_weights, compile_with, fit, set_determinism, write_history
+from transfer.model.trunk import TrunkCache, boundary_layer, classifiers, split_backbone
+from transfer.report.figures import plot_history
+from transfer.schema import DistributeParams, FineTuneParams, Params, read_backbone, read_distribute, read_fine_tune
 from transfer.stage import run_stage
-from transfer.training import (
-    best_epoch,
-    blend_weights,
-    cap_note,
-    class_weights,
-    compile_with,
-    fit,
-    score,
-    set_determinism,
-    write_history,
-)
-from transfer.trunk import TrunkCache, boundary_layer, classifiers, split_backbone
 
 log = logging.getLogger("fine-tune")
 
 
 class CachedTop:
     """``fine_tune.trunk_cache``: the models that train and score the top of the backbone from the trunk's output
-    cached in ``data/features/trunk`` (see :mod:`transfer.trunk`), built on the classifier's own layers."""
+    cached in ``data/features/trunk`` (see :mod:`transfer.model.trunk`), built on the classifier's own layers."""
 
     def __init__(self, single_view, head, mirror: bool, first: str, unfreeze, digest: str):
         self.split = split_backbone(backbone_of(single_view), first)

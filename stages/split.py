@@ -14,10 +14,11 @@ from pathlib import Path, PurePosixPath
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this file as a script.
 
-from transfer.datasets import curate, data_report, scan_images, split_keeping_test, stratified_split, write_splits
+from transfer.data.images import scan_images
+from transfer.data.splits import curate, data_report, split_keeping_test, stratified_split, write_splits
 from transfer.io import atomic_path, read_json, write_json
 from transfer.layout import DATA_REPORT, DOWNLOAD_REPORT, RAW, SHIPPED_TEST_PREFIX, SPLITS
-from transfer.params import CurationParams, Params, SplitParams, read_curation, read_split
+from transfer.schema import CurationParams, Params, SplitParams, read_curation, read_split
 from transfer.stage import run_stage
 
 log = logging.getLogger("split")

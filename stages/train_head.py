@@ -18,27 +18,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this fi
 
 import numpy as np
 
-from transfer.distribute import runtime
 from transfer.errors import ParamError
-from transfer.features import TRAIN_VIEWS, FeatureStore
-from transfer.heads import build_head, search_settings, setting_row
 from transfer.io import write_csv, write_json
 from transfer.layout import CURVES, FEATURES, HEAD_MODEL, HEAD_REPORTS, HISTORY, SEARCH, STAGE_METRICS
-from transfer.models import save_model
-from transfer.params import DistributeParams, HeadParams, Params, read_distribute, read_head
-from transfer.reports import plot_history
+from transfer.model.classifier import save_model
+from transfer.model.distribute import runtime
+from transfer.model.features import TRAIN_VIEWS, FeatureStore
+from transfer.model.heads import build_head, search_settings, setting_row
+from transfer.model.scoring import plain_scores, score
+from transfer.model.stopping import best_epoch, cap_note
+from transfer.model.training import class_weights, compile_with, fit, set_determinism, write_history
+from transfer.report.figures import plot_history
+from transfer.schema import DistributeParams, HeadParams, Params, read_distribute, read_head
 from transfer.stage import run_stage
-from transfer.training import (
-    best_epoch,
-    cap_note,
-    class_weights,
-    compile_with,
-    fit,
-    plain_scores,
-    score,
-    set_determinism,
-    write_history,
-)
 
 log = logging.getLogger("train-head")
 

@@ -15,18 +15,18 @@ import sys
 from pathlib import Path
 
 from transfer.errors import UserError, one_line
-from transfer.export import FORMATS, QUANTIZATIONS  # light: TensorFlow loads only when an export runs
+from transfer.serve.export import FORMATS, QUANTIZATIONS  # light: TensorFlow loads only when an export runs
 
 DEFAULT_MODEL = Path("models/model.keras")
 
 
 def _check_images(given: list[str] | None) -> list[Path]:
     """The images an export is checked on: those given, else the pipeline's test split if there is one."""
-    from transfer.predict import expand_inputs
+    from transfer.serve.predict import expand_inputs
 
     if given:
         return expand_inputs(given)
-    from transfer.datasets import read_classes, read_split
+    from transfer.data.splits import read_classes, read_split
     from transfer.layout import RAW, SPLITS
 
     if (SPLITS / "test.csv").is_file():
@@ -36,19 +36,19 @@ def _check_images(given: list[str] | None) -> list[Path]:
 
 
 def _predict(args: argparse.Namespace) -> dict:
-    from transfer.predict import predict_to_csv
+    from transfer.serve.predict import predict_to_csv
 
     return predict_to_csv(args.model, args.inputs, args.out, args.batch_size, args.top_k, args.tta)
 
 
 def _export(args: argparse.Namespace) -> dict:
-    from transfer.export import export_model
+    from transfer.serve.export import export_model
 
     return export_model(args.model, args.format, args.quantize, args.out, _check_images(args.images))
 
 
 def _exclude(args: argparse.Namespace) -> dict:
-    from transfer.quality import add_exclusions
+    from transfer.data.quality_report import add_exclusions
 
     splits = [name.strip() for name in args.splits.split(",") if name.strip()]
     return add_exclusions(args.report, args.file, splits, args.top, args.outliers)
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a user error is one line on stderr and exit status 2."""
-    from transfer.stage import quiet_native_logs
+    from transfer.process import quiet_native_logs
 
     quiet_native_logs()  # before anything imports TensorFlow
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -12,13 +12,12 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from transfer.backbones import LAYER_COUNTS, resolve
 from transfer.errors import ParamError
-from transfer.params import (
-    PARAMS_FILE,
+from transfer.model.registry import LAYER_COUNTS, resolve
+from transfer.params import PARAMS_FILE, flatten
+from transfer.schema import (
     UNFREEZE_ALL,
     Params,
-    flatten,
     read_backbone,
     read_curation,
     read_data,

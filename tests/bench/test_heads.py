@@ -33,7 +33,8 @@ def test_quick_head_study_scores_every_variant_and_both_probes(tmp_path):
 
 def test_the_study_splits_as_the_split_stage_does(tmp_path):
     from bench.heads import split_indices
-    from transfer.datasets import scan_images, stratified_split
+    from transfer.data.images import scan_images
+    from transfer.data.splits import stratified_split
 
     source = make_shapes_dataset(tmp_path / "shapes", per_class=10, size=24)
     scan = scan_images(source)

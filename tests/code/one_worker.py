@@ -14,12 +14,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 
-from transfer.backbones import build_feature_extractor, resolve  # noqa: E402
-from transfer.distribute import runtime  # noqa: E402
-from transfer.features import extract_features  # noqa: E402
-from transfer.heads import build_head  # noqa: E402
-from transfer.params import BackboneParams, DistributeParams, TrainingParams  # noqa: E402
-from transfer.training import array_dataset, compile_for_training, fit, set_determinism  # noqa: E402
+from transfer.data.pipeline import array_dataset  # noqa: E402
+from transfer.model.backbones import build_feature_extractor  # noqa: E402
+from transfer.model.distribute import runtime  # noqa: E402
+from transfer.model.features import extract_features  # noqa: E402
+from transfer.model.heads import build_head  # noqa: E402
+from transfer.model.registry import resolve
+from transfer.model.training import compile_for_training, fit, set_determinism
+from transfer.schema import BackboneParams, DistributeParams, TrainingParams  # noqa: E402
 
 folder, out = Path(sys.argv[1]), Path(sys.argv[2])
 setup = runtime(DistributeParams("multi_worker", False))

@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 
 from tests.helpers import default_params_tree, make_pipeline_repo, run
-from transfer import arrays
+from transfer.data import arrays
+from transfer.data.sources import fetch
 from transfer.errors import DataError, ParamError
 from transfer.io import read_json
-from transfer.params import DataParams, Params, read_data
-from transfer.sources import fetch
+from transfer.schema import DataParams, Params, read_data
 
 
 def _data(source, sha256=None, labels_csv=None) -> DataParams:

@@ -5,18 +5,10 @@ import importlib
 import numpy as np
 import pytest
 
-from transfer.backbones import (
-    BACKBONE_LAYER,
-    LAYER_COUNTS,
-    REGISTRY,
-    BackboneChoice,
-    build_backbone,
-    build_feature_extractor,
-    build_views,
-    resolve,
-)
 from transfer.errors import DataError, ParamError
-from transfer.params import BackboneParams
+from transfer.model.backbones import BACKBONE_LAYER, build_backbone, build_feature_extractor, build_views
+from transfer.model.registry import LAYER_COUNTS, REGISTRY, BackboneChoice, resolve
+from transfer.schema import BackboneParams
 
 REQUIRED = [
     "vgg16", "vgg19", "resnet50", "resnet101", "resnet50v2", "mobilenet", "mobilenetv2", "mobilenetv3small",
@@ -65,7 +57,7 @@ def test_preprocessing_matches_keras_own_function(name):
 
     spec = REGISTRY[name]
     pixels = np.random.default_rng(0).uniform(0, 255, size=(2, 8, 8, 3)).astype("float32")
-    from transfer.backbones import preprocess
+    from transfer.model.backbones import preprocess
 
     inputs = keras.Input((8, 8, 3))
     model = keras.Model(inputs, preprocess(inputs, spec.preprocessing))
@@ -141,8 +133,8 @@ def test_imagenet_weights_that_cannot_be_downloaded_are_one_line_with_a_way_out(
 def test_a_backbone_cut_at_a_named_layer_holds_only_what_it_uses(tmp_path):
     import keras
 
-    from transfer.heads import build_head
-    from transfer.models import assemble_classifier, unfreeze_top
+    from transfer.model.classifier import assemble_classifier, unfreeze_top
+    from transfer.model.heads import build_head
 
     choice = resolve(BackboneParams("vgg16", "none", (32, 32), layer="block3_pool"))
     extractor = build_feature_extractor(choice)
@@ -190,9 +182,9 @@ def test_the_from_scratch_baselines_learn_a_separable_task(name, unfreeze):
     import keras
 
     from tests.helpers import SHAPES, shape_image
-    from transfer.heads import build_head
-    from transfer.models import assemble_classifier, unfreeze_top
-    from transfer.training import compile_for_training
+    from transfer.model.classifier import assemble_classifier, unfreeze_top
+    from transfer.model.heads import build_head
+    from transfer.model.training import compile_for_training
 
     rng = np.random.default_rng(0)
     x = np.stack([np.asarray(shape_image(kind, 32, rng), "float32") for kind in SHAPES for _ in range(40)])

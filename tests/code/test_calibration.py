@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from transfer.calibration import expected_calibration_error, fit_temperature, plot_reliability, reliability_bins, scale
+from transfer.model.calibration import (
+    expected_calibration_error,
+    fit_temperature,
+    plot_reliability,
+    reliability_bins,
+    scale,
+)
 
 
 def test_ece_equals_the_hand_computed_value():

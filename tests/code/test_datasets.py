@@ -10,20 +10,9 @@ import pytest
 from PIL import Image, ImageOps
 
 from tests.helpers import bomb_png
-from transfer.datasets import (
-    data_report,
-    decode_problem,
-    decode_resized,
-    exif_orientation,
-    image_dataset,
-    load_image,
-    orient,
-    read_classes,
-    read_split,
-    scan_images,
-    stratified_split,
-    write_splits,
-)
+from transfer.data.images import decode_problem, exif_orientation, scan_images
+from transfer.data.pipeline import decode_resized, image_dataset, load_image, orient
+from transfer.data.splits import data_report, read_classes, read_split, stratified_split, write_splits
 from transfer.errors import DataError
 
 # A smooth RGB gradient: JPEG keeps it within a few levels, so decoded pixels can be compared.
@@ -271,7 +260,7 @@ def test_a_phone_jpeg_and_files_without_exif_read_as_expected(tmp_path):
 def test_reading_orientations_from_many_threads_leaves_the_warning_filters_as_they_were(raw):
     import warnings
 
-    from transfer.datasets import exif_orientations
+    from transfer.data.images import exif_orientations
 
     paths = [str(path) for path in sorted(raw.rglob("*.*"))] * 4
     exif_orientations(paths[:1])  # Pillow's one filter, set once at first use

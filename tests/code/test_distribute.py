@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from tests.helpers import local_cluster
-from transfer.distribute import _cluster_chief, is_chief, runtime
 from transfer.errors import ParamError
-from transfer.models import float32_config
-from transfer.params import DistributeParams, Params, read_distribute
+from transfer.model.classifier import float32_config
+from transfer.model.distribute import _cluster_chief, is_chief, runtime
+from transfer.schema import DistributeParams, Params, read_distribute
 
 HERE = Path(__file__).resolve().parent
 
@@ -126,9 +126,10 @@ def test_mirrored_on_two_logical_cpu_devices_matches_one_device():
 @pytest.mark.slow
 def test_multi_worker_across_two_processes(shapes_folder, tmp_path):
     """Two workers of one TF_CONFIG cluster share an extraction and a head's training, and end up alike."""
-    from transfer.backbones import build_feature_extractor, resolve
-    from transfer.features import FeatureStore, extract_features
-    from transfer.params import BackboneParams
+    from transfer.model.backbones import build_feature_extractor
+    from transfer.model.features import FeatureStore, extract_features
+    from transfer.model.registry import resolve
+    from transfer.schema import BackboneParams
 
     processes = [
         subprocess.Popen(

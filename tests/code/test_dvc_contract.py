@@ -12,7 +12,7 @@ import yaml
 
 from tests.helpers import REPO
 from transfer import layout
-from transfer.params import Params
+from transfer.schema import Params
 
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
 STAGES = DVC["stages"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import tiny_classifier
-from transfer.explain import gradcam, gradcam_sample
+from transfer.report.explain import gradcam, gradcam_sample
 
 
 def _red_detector():
@@ -63,7 +63,7 @@ def test_the_sample_mixes_right_and_wrong_predictions(shapes_folder, tmp_path):
 
 
 def _one_per_family() -> list[str]:
-    from transfer.backbones import REGISTRY
+    from transfer.model.registry import REGISTRY
 
     first: dict[str, str] = {}
     for name in sorted(REGISTRY):
@@ -75,10 +75,11 @@ def _one_per_family() -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", _one_per_family())
 def test_gradcam_finds_the_feature_map_of_every_backbone_family(name):
-    from transfer.backbones import REGISTRY, build_feature_extractor, resolve
-    from transfer.heads import build_head
-    from transfer.models import assemble_classifier
-    from transfer.params import BackboneParams
+    from transfer.model.backbones import build_feature_extractor
+    from transfer.model.classifier import assemble_classifier
+    from transfer.model.heads import build_head
+    from transfer.model.registry import REGISTRY, resolve
+    from transfer.schema import BackboneParams
 
     size = max(REGISTRY[name].min_size, 64)
     extractor = build_feature_extractor(resolve(BackboneParams(name, "none", (size, size))))
@@ -102,11 +103,12 @@ def test_a_mirror_averaging_classifier_is_explained_through_both_views():
 
 
 def test_a_backbone_that_flattens_its_maps_has_no_gradcam_and_says_so():
-    from transfer.backbones import build_feature_extractor, resolve
     from transfer.errors import DataError
-    from transfer.heads import build_head
-    from transfer.models import assemble_classifier
-    from transfer.params import BackboneParams
+    from transfer.model.backbones import build_feature_extractor
+    from transfer.model.classifier import assemble_classifier
+    from transfer.model.heads import build_head
+    from transfer.model.registry import resolve
+    from transfer.schema import BackboneParams
 
     extractor = build_feature_extractor(resolve(BackboneParams("small_cnn", "none", (32, 32))))
     model = assemble_classifier(extractor, build_head(extractor.output_shape[-1], 2, (), 0.0, False))

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from tests.helpers import REPO, native_noise, tiny_classifier
-from transfer import export
-from transfer.datasets import load_image
+from transfer.data.pipeline import load_image
 from transfer.errors import DataError
-from transfer.export import export_model
-from transfer.models import save_model
+from transfer.model.classifier import save_model
+from transfer.serve import export
+from transfer.serve.export import export_model
 
 CLASSES = ["circle", "square", "triangle"]
 

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from transfer.backbones import build_feature_extractor, resolve
-from transfer.datasets import image_dataset
+from transfer.data.pipeline import image_dataset
 from transfer.errors import DataError, ParamError
-from transfer.features import FeatureStore, extract_features
-from transfer.params import BackboneParams
+from transfer.model.backbones import build_feature_extractor
+from transfer.model.features import FeatureStore, extract_features
+from transfer.model.registry import resolve
+from transfer.schema import BackboneParams
 
 SIZE = (32, 32)
 
@@ -75,8 +76,8 @@ def _pixels(size: int = 8):
 
 
 def test_augmented_copies_of_the_training_images_are_extracted_beside_them(splits, tmp_path):
-    from transfer.features import TRAIN_VIEWS, changing_extractor
-    from transfer.params import AugmentParams
+    from transfer.model.features import TRAIN_VIEWS, changing_extractor
+    from transfer.schema import AugmentParams
 
     plain = _pixels()
     change = AugmentParams(flip=True, rotation=0.1, zoom=0.2, contrast=0.2, brightness=0.0)
@@ -99,8 +100,8 @@ def test_augmented_copies_of_the_training_images_are_extracted_beside_them(split
 
 
 def test_copies_without_a_random_change_are_refused():
-    from transfer.features import changing_extractor
-    from transfer.params import AugmentParams
+    from transfer.model.features import changing_extractor
+    from transfer.schema import AugmentParams
 
     with pytest.raises(ParamError, match="features.train_views needs at least one random change"):
         changing_extractor(_pixels(), AugmentParams(False, 0.0, 0.0, 0.0, 0.0), seed=0)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import bomb_png
-from transfer.headers import HeaderError, decoded_size, image_format
+from transfer.data.headers import HeaderError, decoded_size, image_format
 
 SIZES = [(37, 21), (8, 300), (640, 480)]
 

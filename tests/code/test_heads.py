@@ -3,13 +3,10 @@
 import numpy as np
 import pytest
 
-from transfer.heads import build_head
-from transfer.params import TrainingParams
-from transfer.training import (
-    KeepBest,
-    best_epoch,
+from transfer.model.heads import build_head
+from transfer.model.stopping import KeepBest, best_epoch, cap_note
+from transfer.model.training import (
     blend_weights,
-    cap_note,
     class_weights,
     compile_for_training,
     compile_with,
@@ -17,6 +14,7 @@ from transfer.training import (
     learning_rate,
     set_determinism,
 )
+from transfer.schema import TrainingParams
 
 
 def _layer_kinds(model):
@@ -224,8 +222,8 @@ def test_a_scorer_sharing_the_weights_scores_validation_in_place_of_the_trained_
 def test_the_head_search_tries_the_params_first_then_seeded_draws_around_them():
     from dataclasses import replace
 
-    from transfer.heads import SEARCH_DROPOUTS, SEARCH_HIDDEN, SEARCH_LR_SPAN, search_settings, setting_row
-    from transfer.params import HeadParams
+    from transfer.model.heads import SEARCH_DROPOUTS, SEARCH_HIDDEN, SEARCH_LR_SPAN, search_settings, setting_row
+    from transfer.schema import HeadParams
 
     training = TrainingParams(lr=1e-3, epochs=50, batch_size=32, patience=7, label_smoothing=0.0,
                               class_weight="balanced")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from transfer.data.sources import fetch
 from transfer.errors import DataError
-from transfer.params import DataParams
-from transfer.sources import fetch
+from transfer.schema import DataParams
 
 
 def _data(source, labels_csv, max_bytes=10**9) -> DataParams:

@@ -10,12 +10,13 @@ import h5py
 import numpy as np
 import pytest
 
-from transfer.backbones import build_feature_extractor, resolve
 from transfer.errors import ParamError
-from transfer.heads import build_head
-from transfer.models import assemble_classifier, backbone_of, input_size, load_model, save_model, unfreeze_top
-from transfer.params import BackboneParams
-from transfer.training import compile_for_training, set_determinism
+from transfer.model.backbones import build_feature_extractor
+from transfer.model.classifier import assemble_classifier, backbone_of, input_size, load_model, save_model, unfreeze_top
+from transfer.model.heads import build_head
+from transfer.model.registry import resolve
+from transfer.model.training import compile_for_training, set_determinism
+from transfer.schema import BackboneParams
 
 
 def _classifier(name="mobilenetv2_0.35", size=(32, 32), batchnorm=True):
@@ -133,8 +134,8 @@ def test_the_same_model_saved_twice_has_the_same_bytes(tmp_path, monkeypatch):
 
 
 def test_augmentation_changes_raw_pixels_within_their_range():
-    from transfer.datasets import augmenter
-    from transfer.params import AugmentParams
+    from transfer.data.pipeline import augmenter
+    from transfer.schema import AugmentParams
 
     assert augmenter(AugmentParams(False, 0.0, 0.0, 0.0, 0.0), seed=0) is None
     augment = augmenter(AugmentParams(True, 0.05, 0.15, 0.1, 0.1), seed=0)

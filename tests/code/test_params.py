@@ -8,10 +8,9 @@ import yaml
 
 from tests.helpers import committed_params_text, set_param
 from transfer.errors import ParamError
-from transfer.params import (
+from transfer.params import flatten, parse_params_text
+from transfer.schema import (
     Params,
-    flatten,
-    parse_params_text,
     read_backbone,
     read_data,
     read_evaluate,
@@ -166,7 +165,7 @@ def test_relative_paths_are_anchored_at_the_dvc_root(monkeypatch, tmp_path):
 
 
 def test_a_weights_file_must_be_in_the_folder_dvc_watches(params_tree, monkeypatch, tmp_path):
-    from transfer.params import WEIGHTS_FOLDER, input_file
+    from transfer.schema import WEIGHTS_FOLDER, input_file
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "inputs/weights/sub").mkdir(parents=True)
@@ -189,7 +188,7 @@ def test_a_weights_file_must_be_in_the_folder_dvc_watches(params_tree, monkeypat
 def test_the_trunk_cache_is_the_default_and_takes_any_augmentation_params(params_tree):
     """With the cache, fine_tune.augment's changes other than the flip are not used (the cache's copies carry
     features.view_augment's), so they are no reason to refuse it."""
-    from transfer.params import read_features, read_fine_tune
+    from transfer.schema import read_features, read_fine_tune
 
     assert read_fine_tune(Params(params_tree)).trunk_cache and read_features(Params(params_tree)).trunk_views == 0
     params_tree["fine_tune"]["augment"].update(rotation=0.05, contrast=0.1)

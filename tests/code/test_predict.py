@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from tests.helpers import REPO, bomb_png, native_noise, tiny_classifier
-from transfer.datasets import load_image
+from transfer.data.pipeline import load_image
 from transfer.errors import DataError
-from transfer.models import save_model
-from transfer.predict import expand_inputs, predict_to_csv
+from transfer.model.classifier import save_model
+from transfer.serve.predict import expand_inputs, predict_to_csv
 
 CLASSES = ["triangle", "circle", "square"]  # deliberately not sorted: the stored order rules
 
@@ -172,7 +172,7 @@ def test_what_only_looks_like_a_file_gets_a_row_and_a_reason(model_path, shapes_
 RSS_SCRIPT = """
 import resource, sys
 from pathlib import Path
-from transfer.predict import predict_to_csv
+from transfer.serve.predict import predict_to_csv
 model, photo, bomb, out = sys.argv[1:5]
 predict_to_csv(Path(model), [photo], Path(out), 8, 1)  # TensorFlow and the model warmed up on a photo
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transfer import quality
-from transfer.datasets import curate
+from transfer.data import catalog, duplicates, quality, quality_report
+from transfer.data.splits import curate
 from transfer.errors import DataError, ParamError, UserError
 from transfer.io import read_csv, spreadsheet_safe, write_csv
-from transfer.params import Params, read_curation, read_quality
+from transfer.schema import Params, read_curation, read_quality
 
 CLASSES = ["a", "b", "c", "d"]
 
@@ -24,12 +24,12 @@ def _clusters(per_class: int = 60, dim: int = 32, spread: float = 0.6, seed: int
     return features.astype(np.float32), labels
 
 
-def _images(features, labels, test_every: int = 5) -> quality.Images:
+def _images(features, labels, test_every: int = 5) -> catalog.Images:
     """Every ``test_every``-th image in test, the next in val, the rest in train."""
     positions = np.arange(len(labels))
     splits = np.where(positions % test_every == 0, "test", np.where(positions % test_every == 1, "val", "train"))
     files = [f"{CLASSES[label]}/{i:04d}.png" for i, label in enumerate(labels)]
-    return quality.Images(files=files, splits=splits, labels=np.asarray(labels), features=features,
+    return catalog.Images(files=files, splits=splits, labels=np.asarray(labels), features=features,
                           classes=CLASSES, thumbnails=np.array(features, dtype=np.float32))
 
 
@@ -77,11 +77,11 @@ def test_a_resized_copy_across_splits_is_a_leak_and_copies_within_a_split_are_no
     for vectors in (images.features, images.thumbnails):
         vectors[12] = vectors[test_row] * 1.02 + 0.01  # train: a re-encoded copy, nearly the same
         vectors[13] = vectors[12]  # train: an exact copy of that, in the same split
-    pairs, total = quality.near_duplicates(images, ratio=0.2)
+    pairs, total = duplicates.near_duplicates(images, ratio=0.2)
     assert {(a, b) for a, b, *_ in pairs} == {(test_row, 12), (test_row, 13)} and total == 2
     assert all(similarity >= 0.99 for _, _, similarity, _ in pairs)
-    assert quality.leaked(images, pairs, "test").tolist() == [test_row]
-    rows = quality.duplicate_rows(images, pairs)
+    assert duplicates.leaked(images, pairs, "test").tolist() == [test_row]
+    rows = quality_report.duplicate_rows(images, pairs)
     assert {row[-1] for row in rows} == {"train-test"} and rows[0][1] == "test"
     scores = quality.outlier_scores(images)
     assert scores.shape == (len(labels),)
@@ -103,16 +103,16 @@ def test_a_plain_background_makes_no_pair_a_near_duplicate_but_copies_still_are(
     labels = np.repeat(np.arange(len(CLASSES)), 100)
     thumbs = _plain_background(len(labels))
     images = _images(thumbs, labels)
-    raw = quality.unit_rows(thumbs)
+    raw = catalog.unit_rows(thumbs)
     assert (raw @ raw.T).min() > 0.99, "as alike as a fixed cosine threshold sees them"
-    pairs, total = quality.near_duplicates(images, ratio=0.2)
+    pairs, total = duplicates.near_duplicates(images, ratio=0.2)
     assert total == 0 and pairs == []
 
     originals = np.arange(0, 100, 10)  # test images (every 5th row)
     copies = originals + 2  # train rows
     rng = np.random.default_rng(1)
     images.thumbnails[copies] = images.thumbnails[originals] + rng.normal(scale=0.5, size=(len(copies), 768))
-    pairs, total = quality.near_duplicates(images, ratio=0.2)
+    pairs, total = duplicates.near_duplicates(images, ratio=0.2)
     assert {(a, b) for a, b, *_ in pairs} == set(zip(originals.tolist(), copies.tolist(), strict=True))
     assert total == len(copies) and all(ratio <= 0.2 for *_, ratio in pairs)
 
@@ -122,7 +122,7 @@ def test_many_copies_of_one_picture_are_all_near_duplicates():
     features, labels = _clusters(per_class=20)
     images = _images(features, labels)
     images.thumbnails[:12] = images.thumbnails[0]  # 12 copies across the three splits
-    pairs, total = quality.near_duplicates(images, ratio=0.2)
+    pairs, total = duplicates.near_duplicates(images, ratio=0.2)
     cross = sum(images.splits[a] != images.splits[b] for a in range(12) for b in range(a + 1, 12))
     assert total == cross and {index for pair in pairs for index in pair[:2]} == set(range(12))
 
@@ -140,9 +140,9 @@ def test_the_blocked_passes_match_the_whole_matrix(monkeypatch):
     features, labels = _clusters(per_class=25)
     images = _images(features, labels)
     images.thumbnails[5] = images.thumbnails[6] * 1.01
-    whole = quality.near_duplicates(images, ratio=0.5), quality.outlier_scores(images)
-    monkeypatch.setattr(quality, "BLOCK", 7)
-    blocked = quality.near_duplicates(images, ratio=0.5), quality.outlier_scores(images)
+    whole = duplicates.near_duplicates(images, ratio=0.5), quality.outlier_scores(images)
+    monkeypatch.setattr(catalog, "BLOCK", 7)
+    blocked = duplicates.near_duplicates(images, ratio=0.5), quality.outlier_scores(images)
     assert whole[0][1] == blocked[0][1] > 0
     assert [pair[:2] for pair in whole[0][0]] == [pair[:2] for pair in blocked[0][0]]
     np.testing.assert_allclose([pair[2:] for pair in whole[0][0]], [pair[2:] for pair in blocked[0][0]], atol=1e-5)
@@ -157,16 +157,16 @@ def test_when_most_images_pair_up_a_few_pairs_per_image_are_listed_and_the_repor
     images = _images(features, labels)
     images.thumbnails[:] = np.where((np.arange(len(labels)) % 2 == 0)[:, None], images.thumbnails[0],
                                     images.thumbnails[1])
-    pairs, total = quality.near_duplicates(images, ratio=0.2)
+    pairs, total = duplicates.near_duplicates(images, ratio=0.2)
     same = np.arange(len(labels)) % 2
     cross = sum(images.splits[a] != images.splits[b] and same[a] == same[b]
                 for a in range(len(labels)) for b in range(a + 1, len(labels)))
     assert total == cross, "every pair across splits is counted"
-    assert len(pairs) <= quality.PAIRS_PER_IMAGE * len(labels) < total
+    assert len(pairs) <= duplicates.PAIRS_PER_IMAGE * len(labels) < total
     assert {index for pair in pairs for index in pair[:2]} == set(range(len(labels))), "every image is listed"
 
     report = quality.assess(images, folds=3, ratio=0.2, seed=0)
-    assert quality.summary(images, report, 3, 0.2)["near_duplicate_pairs"] == total
+    assert quality_report.summary(images, report, 3, 0.2)["near_duplicate_pairs"] == total
     warning = quality.implausible_duplicates(images, report, 0.2)
     assert warning.startswith("200 of 200 images have a near-duplicate in another split at "
                               "quality.duplicate_ratio = 0.2"), warning
@@ -191,13 +191,13 @@ def test_thumbnails_see_through_resizing_re_encoding_mirroring_and_exif_rotation
         other = Image.fromarray(rng.uniform(0, 255, (12, 9, 3)).astype(np.uint8)).resize((360, 270))
         other.save(tmp_path / f"other_{number}.jpg", quality=92)
         names.append(f"other_{number}.jpg")
-    thumbs = quality.thumbnails([tmp_path / name for name in names])
-    assert thumbs.shape == (24, quality.THUMBNAIL * quality.THUMBNAIL * 3) and thumbs.dtype == np.float32
-    unit = quality.unit_rows(thumbs - thumbs.mean(axis=0))
+    thumbs = catalog.thumbnails([tmp_path / name for name in names])
+    assert thumbs.shape == (24, catalog.THUMBNAIL * catalog.THUMBNAIL * 3) and thumbs.dtype == np.float32
+    unit = catalog.unit_rows(thumbs - thumbs.mean(axis=0))
     similarity = unit @ unit[0]
     assert min(similarity[1:4]) > 0.98, similarity[:4]
     assert max(similarity[4:]) < 0.5, similarity[4:]
-    assert quality.thumbnails([]).shape == (0, quality.THUMBNAIL * quality.THUMBNAIL * 3)
+    assert catalog.thumbnails([]).shape == (0, catalog.THUMBNAIL * catalog.THUMBNAIL * 3)
 
 
 def test_accuracy_without_the_leaked_images():
@@ -211,7 +211,7 @@ def test_accuracy_without_the_leaked_images():
 def test_the_cache_and_the_split_files_must_agree():
     features, labels = _clusters(per_class=5)
     with pytest.raises(DataError, match="run extract-features again"):
-        quality.gather({"train": (features, labels)}, {"train": ["one.png"]}, CLASSES)
+        catalog.gather({"train": (features, labels)}, {"train": ["one.png"]}, CLASSES)
 
 
 def _photos(root, files):
@@ -230,32 +230,33 @@ def test_the_report_is_written_whole_with_its_galleries_and_metrics(tmp_path):
     images.thumbnails[12] = images.thumbnails[10] * 1.01
     _photos(tmp_path / "raw", images.files)
     report = quality.assess(images, folds=5, ratio=0.2, seed=0)
-    metrics = quality.summary(images, report, 5, 0.2)
-    quality.write_report(images, report, tmp_path / "out", tmp_path / "raw", gallery=6, metrics=metrics)
+    metrics = quality_report.summary(images, report, 5, 0.2)
+    quality_report.write_report(images, report, tmp_path / "out", tmp_path / "raw", gallery=6, metrics=metrics)
     out = tmp_path / "out"
     assert sorted(path.name for path in out.iterdir()) == [
         "label_issues.csv", "label_issues.png", "metrics.json", "near_duplicates.csv", "outliers.csv", "outliers.png"]
     issues = read_csv(out / "label_issues.csv")
-    assert list(issues[0]) == quality.LABEL_ISSUE_COLUMNS
+    assert list(issues[0]) == quality_report.LABEL_ISSUE_COLUMNS
     assert [int(row["rank"]) for row in issues] == list(range(1, len(issues) + 1))
     assert sum(int(row["suspect"]) for row in issues) == metrics["label_issues"] == len(report.suspects)
     assert {images.files[3], images.files[70]} <= {row["file"] for row in issues[: metrics["label_issues"]]}
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["leaked_test_images"] == 1 and saved["near_duplicate_pairs"] == 1
     assert saved["label_issues_train"] + saved["label_issues_val"] + saved["label_issues_test"] == saved["label_issues"]
-    assert quality.leaked_test_files(out / "near_duplicates.csv") == {images.files[10]}
-    assert quality.leaked_test_files(tmp_path / "missing.csv") is None, "no report: not checked, not 'none leaked'"
+    assert quality_report.leaked_test_files(out / "near_duplicates.csv") == {images.files[10]}
+    assert quality_report.leaked_test_files(tmp_path / "missing.csv") is None, (
+        "no report: not checked, not 'none leaked'")
 
 
 def test_with_the_report_off_the_folder_says_nothing_was_checked(tmp_path):
     out = tmp_path / "data_quality"
-    quality.write_report_off(out)
+    quality_report.write_report_off(out)
     assert sorted(path.name for path in out.iterdir()) == ["label_issues.png", "metrics.json", "outliers.png"]
     assert json.loads((out / "metrics.json").read_text()) == {"checked": False}
     assert all((out / name).stat().st_size > 0 for name in ("label_issues.png", "outliers.png")), "DVC's plots"
-    assert quality.leaked_test_files(out / quality.NEAR_DUPLICATES) is None
+    assert quality_report.leaked_test_files(out / quality.NEAR_DUPLICATES) is None
     with pytest.raises(UserError, match="holds no report: quality.report is false; set it to true"):
-        quality.add_exclusions(out, tmp_path / "exclude.csv", ["train"], top=None, outliers=False)
+        quality_report.add_exclusions(out, tmp_path / "exclude.csv", ["train"], top=None, outliers=False)
     assert not (tmp_path / "exclude.csv").exists()
 
 
@@ -264,11 +265,11 @@ def test_names_that_would_run_as_formulas_are_written_as_text_and_read_back(tmp_
     images = _images(features, labels)
     images.files[0] = "=cmd.png"
     images.thumbnails[2] = images.thumbnails[0]  # a train copy of the test image =cmd.png
-    pairs, _ = quality.near_duplicates(images, ratio=0.2)
-    rows = quality.duplicate_rows(images, pairs)
+    pairs, _ = duplicates.near_duplicates(images, ratio=0.2)
+    rows = quality_report.duplicate_rows(images, pairs)
     assert rows[0][0] == "'=cmd.png"
-    write_csv(tmp_path / "pairs.csv", quality.DUPLICATE_COLUMNS, rows)
-    assert quality.leaked_test_files(tmp_path / "pairs.csv") == {"=cmd.png"}
+    write_csv(tmp_path / "pairs.csv", quality_report.DUPLICATE_COLUMNS, rows)
+    assert quality_report.leaked_test_files(tmp_path / "pairs.csv") == {"=cmd.png"}
 
 
 # Curation: data.exclude and data.relabel, applied by split after the split is drawn.
@@ -308,7 +309,7 @@ def test_excluded_and_relabelled_images_leave_every_other_image_in_its_split(tmp
 
 
 def test_rows_pasted_from_the_label_issue_report_exclude_their_files(tmp_path):
-    exclude, relabel = _curation(tmp_path, excluded=["a/1.png"], exclude_header=quality.LABEL_ISSUE_COLUMNS[1:])
+    exclude, relabel = _curation(tmp_path, excluded=["a/1.png"], exclude_header=quality_report.LABEL_ISSUE_COLUMNS[1:])
     curated, _ = curate(SPLITS, ["a", "b"], exclude, relabel)
     assert ("a/1.png", "a") not in curated["train"]
 
@@ -363,14 +364,14 @@ def test_the_exclude_command_adds_the_chosen_suspects_once_and_keeps_what_was_th
 
     report = tmp_path / "report"
     report.mkdir()
-    columns = quality.LABEL_ISSUE_COLUMNS
+    columns = quality_report.LABEL_ISSUE_COLUMNS
     write_csv(report / "label_issues.csv", columns, [
         [1, "a/1.png", "train", "a", "b", 0.01, 0.9, 1],
         [2, "'=b.png", "test", "b", "a", 0.02, 0.9, 1],
         [3, "a/3.png", "val", "a", "b", 0.03, 0.8, 1],
         [4, "a/4.png", "train", "a", "b", 0.2, 0.7, 0],
     ])
-    write_csv(report / "outliers.csv", quality.OUTLIER_COLUMNS, [[1, "b/9.png", "train", "b", 0.7, "a"]])
+    write_csv(report / "outliers.csv", quality_report.OUTLIER_COLUMNS, [[1, "b/9.png", "train", "b", 0.7, "a"]])
     exclude = tmp_path / "exclude.csv"
     write_csv(exclude, ["file", "why"], [["a/3.png", "reviewed"]])
     assert main(["exclude", "--report", str(report), "--file", str(exclude)]) == 0

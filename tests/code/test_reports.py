@@ -5,16 +5,13 @@ import pytest
 from sklearn import metrics as sk
 
 from transfer.io import read_csv, write_csv
-from transfer.reports import (
+from transfer.plotting import drawable
+from transfer.report.figures import plot_confident_mistakes, plot_confusion_matrix, plot_history, plot_per_class
+from transfer.report.metrics import (
     classification_report,
     confident_mistakes,
     confusion_records,
-    drawable,
     per_class_metrics,
-    plot_confident_mistakes,
-    plot_confusion_matrix,
-    plot_history,
-    plot_per_class,
     prediction_rows,
     summary_metrics,
 )

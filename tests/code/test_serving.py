@@ -6,7 +6,7 @@ def test_mlflow_still_honours_the_served_models_type_hint_switch():
     logged, and the check would only warn at every import. Pinned both ways: honoured, and still meaningful."""
     import warnings
 
-    from transfer.serving import PhotoClassifier
+    from transfer.serve.serving import PhotoClassifier
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

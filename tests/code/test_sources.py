@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from transfer import sources
+from transfer.data import sources
+from transfer.data.sources import fetch
 from transfer.errors import DataError
-from transfer.params import DataParams
-from transfer.sources import fetch
+from transfer.schema import DataParams
 
 
 def _data(source, sha256=None, labels_csv=None, max_bytes=10**9) -> DataParams:

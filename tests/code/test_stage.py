@@ -8,7 +8,7 @@ from tests.helpers import REPO
 SCRIPT = r"""
 import os, sys, time
 sys.path.insert(0, sys.argv[1])
-from transfer.stage import quiet_native_logs
+from transfer.process import quiet_native_logs
 quiet_native_logs()
 noise = [
     b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",

@@ -5,11 +5,14 @@ import time
 import numpy as np
 import pytest
 
-from transfer import tracking
-from transfer.backbones import build_feature_extractor, resolve
-from transfer.heads import build_head
-from transfer.models import assemble_classifier
-from transfer.params import BackboneParams, flatten
+from tests.helpers import REPO
+from transfer.model.backbones import build_feature_extractor
+from transfer.model.classifier import assemble_classifier
+from transfer.model.heads import build_head
+from transfer.model.registry import resolve
+from transfer.params import flatten
+from transfer.report import record, tracking
+from transfer.schema import BackboneParams
 
 
 @pytest.fixture
@@ -83,7 +86,7 @@ import sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import mlflow  # imported before the start line, so that all of them reach the store together
-from transfer import tracking
+from transfer.report import tracking
 start = float(sys.argv[3])
 while time.time() < start:
     time.sleep(0.005)
@@ -102,7 +105,7 @@ def test_experiments_logging_at_once_into_a_fresh_store_all_land(store):
 
     import mlflow
 
-    root = str(Path(tracking.__file__).resolve().parents[1])
+    root = str(Path(tracking.__file__).resolve().parents[2])
     start = time.time() + 8
     processes = [subprocess.Popen([sys.executable, "-c", CONCURRENT_LOGGER, root, str(index), str(start)],
                                   cwd=store, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -128,7 +131,7 @@ def test_a_run_left_running_by_a_killed_evaluate_is_removed_when_the_execution_i
     uri = tracking.tracking_uri()
     script = (
         "import sys, time, mlflow\n"
-        "from transfer import tracking\n"
+        "from transfer.report import tracking\n"
         "mlflow.set_tracking_uri(sys.argv[1])\n"
         "experiment = mlflow.set_experiment(tracking.EXPERIMENT)\n"
         "run = mlflow.MlflowClient().create_run(experiment.experiment_id,\n"
@@ -137,7 +140,7 @@ def test_a_run_left_running_by_a_killed_evaluate_is_removed_when_the_execution_i
         "time.sleep(600)\n"
     )
     child = subprocess.Popen([sys.executable, "-c", script, uri], stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": str(tracking.Path(tracking.__file__).parents[1])})
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
     abandoned = child.stdout.readline().strip()
     os.kill(child.pid, signal.SIGKILL)
     child.wait(timeout=30)
@@ -202,10 +205,10 @@ def test_only_the_stages_this_execution_ran_give_their_seconds(tmp_path):
     write_json(tmp_path / "train-head.json", {"seconds": 3.5, "execution": "now"})
     write_json(tmp_path / "fine-tune.json", {"seconds": 20.0, "execution": "now"})
     write_json(tmp_path / "evaluate.json", {"seconds": 9.0, "execution": "old"})  # the last evaluate's
-    metrics, ran = tracking.timing_metrics(tmp_path, "now", 4.25)
+    metrics, ran = record.timing_metrics(tmp_path, "now", 4.25)
     assert metrics == {"train_head_seconds": 3.5, "fine_tune_seconds": 20.0, "evaluate_seconds": 4.25}
     assert ran == 23.5
-    everything, total = tracking.timing_metrics(tmp_path, None, 1.0)  # outside DVC: no way to tell
+    everything, total = record.timing_metrics(tmp_path, None, 1.0)  # outside DVC: no way to tell
     assert everything["extract_features_images_per_second"] == 80.0 and total == 73.5
 
 

@@ -6,15 +6,16 @@ import json
 import numpy as np
 import pytest
 
-from transfer.backbones import build_views, resolve
 from transfer.errors import DataError
-from transfer.features import FeatureStore, extract_features
-from transfer.heads import build_head
-from transfer.models import assemble_classifier, backbone_of, unfreeze_top
-from transfer.params import AugmentParams, BackboneParams
-from transfer.rows import RowFile
-from transfer.training import compile_for_training, fit, score, set_determinism
-from transfer.trunk import (
+from transfer.model.backbones import build_views
+from transfer.model.classifier import assemble_classifier, backbone_of, unfreeze_top
+from transfer.model.features import FeatureStore, extract_features
+from transfer.model.heads import build_head
+from transfer.model.registry import resolve
+from transfer.model.rows import RowFile
+from transfer.model.scoring import score
+from transfer.model.training import compile_for_training, fit, set_determinism
+from transfer.model.trunk import (
     TrunkCache,
     boundary_layer,
     check_disk,
@@ -23,6 +24,7 @@ from transfer.trunk import (
     split_backbone,
     trunk_on_images,
 )
+from transfer.schema import AugmentParams, BackboneParams
 
 SIZE = (32, 32)
 
@@ -95,7 +97,7 @@ def test_extraction_writes_the_trunk_of_every_training_and_validation_image_and_
     store, cache = FeatureStore(folder), TrunkCache(folder)
     assert cache.counts == {"train": 10, "val": 6} and cache.copies == 2 and not (folder / "trunk/test.npy").exists()
     for name in ("train", "val"):
-        from transfer.datasets import image_dataset
+        from transfer.data.pipeline import image_dataset
 
         images = np.concatenate(list(image_dataset(splits[name][0], SIZE, 16)))
         rows = np.load(folder / "trunk" / f"{name}.npy")
@@ -162,7 +164,7 @@ def test_the_top_learns_from_the_cache_and_the_saved_model_moves_with_it(tmp_pat
     cache = TrunkCache(folder)
     targets = np.eye(2, dtype="float32")[labels]
     validation = cache.validation(targets, 8, mirror=True)
-    from transfer.datasets import image_dataset
+    from transfer.data.pipeline import image_dataset
 
     images = image_dataset(paths, SIZE, 8, labels, 2)
     before = score(scorer, validation, 8)
@@ -173,7 +175,7 @@ def test_the_top_learns_from_the_cache_and_the_saved_model_moves_with_it(tmp_pat
     assert after["loss"] < before["loss"] and len(rows) == 5
     np.testing.assert_allclose(after["loss"], score(model, images, 8)["loss"], rtol=1e-4)
 def _training(epochs: int):
-    from transfer.params import TrainingParams
+    from transfer.schema import TrainingParams
 
     return TrainingParams(epochs=epochs, lr=1e-3, batch_size=8, patience=5, label_smoothing=0.0,
                           class_weight="none", optimizer="adam", weight_decay=0.0, schedule="constant",

@@ -18,19 +18,16 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.helpers import make_shapes_dataset  # noqa: E402
-from transfer.backbones import build_feature_extractor, resolve  # noqa: E402
-from transfer.distribute import runtime  # noqa: E402
-from transfer.features import FeatureStore, extract_features  # noqa: E402
-from transfer.heads import build_head  # noqa: E402
-from transfer.models import assemble_classifier, load_model, save_model, unfreeze_top  # noqa: E402
-from transfer.params import BackboneParams, DistributeParams, TrainingParams  # noqa: E402
-from transfer.training import (  # noqa: E402
-    array_dataset,
-    compile_for_training,
-    fit,
-    fit_across_hosts,
-    set_determinism,
-)
+from transfer.data.pipeline import array_dataset  # noqa: E402
+from transfer.model.across_hosts import fit_across_hosts  # noqa: E402
+from transfer.model.backbones import build_feature_extractor  # noqa: E402
+from transfer.model.classifier import assemble_classifier, load_model, save_model, unfreeze_top  # noqa: E402
+from transfer.model.distribute import runtime  # noqa: E402
+from transfer.model.features import FeatureStore, extract_features  # noqa: E402
+from transfer.model.heads import build_head  # noqa: E402
+from transfer.model.registry import resolve  # noqa: E402
+from transfer.model.training import compile_for_training, fit, set_determinism  # noqa: E402
+from transfer.schema import BackboneParams, DistributeParams, TrainingParams  # noqa: E402
 
 SIZE = (32, 32)
 CLASSES = ["circle", "square", "triangle"]
@@ -113,7 +110,7 @@ def main(work: Path) -> dict:
         model = assemble_classifier(tuned, build_head(int(tuned.output_shape[-1]), 3, (), 0.0, False))
         unfrozen = unfreeze_top(model, 10)
         compile_for_training(model, 1e-4, 0.0)
-    from transfer.datasets import image_dataset
+    from transfer.data.pipeline import image_dataset
 
     dataset = image_dataset(paths, SIZE, 16, labels, len(CLASSES), shuffle_seed=0)
     training = TrainingParams(lr=1e-4, epochs=2, batch_size=16, patience=2, label_smoothing=0.0, class_weight="none")
@@ -131,7 +128,7 @@ def main(work: Path) -> dict:
 
 def mixed_precision(work: Path, choice, paths, labels) -> dict:
     """Mixed precision on the two replicas: float16 compute, float32 probabilities, a float32 file."""
-    from transfer.datasets import image_dataset
+    from transfer.data.pipeline import image_dataset
 
     setup = runtime(DistributeParams("mirrored", True))
     with setup.scope():

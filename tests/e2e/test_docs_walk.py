@@ -32,8 +32,9 @@ def _shell(line: str, repo, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def test_the_experiment_loop_works_as_the_docs_say(tmp_path):
-    from transfer.backbones import build_backbone, resolve
-    from transfer.params import BackboneParams
+    from transfer.model.backbones import build_backbone
+    from transfer.model.registry import resolve
+    from transfer.schema import BackboneParams
 
     source = make_shapes_dataset(tmp_path / "shapes", per_class=12, size=40)
     repo = make_pipeline_repo(tmp_path / "repo", {

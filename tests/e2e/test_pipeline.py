@@ -137,11 +137,14 @@ def test_a_head_experiment_reuses_the_cached_features(repo, first_run):
 
 VAL_SCORE = (
     "import json, sys\n"
-    "from transfer.datasets import image_dataset, read_classes, read_split\n"
+    "from transfer.data.pipeline import image_dataset\n"
+    "from transfer.data.splits import read_classes, read_split\n"
     "from transfer.layout import MODEL, RAW, SPLITS\n"
-    "from transfer.models import load_model\n"
-    "from transfer.params import Params, read_fine_tune\n"
-    "from transfer.training import compile_for_training, score\n"
+    "from transfer.model.classifier import load_model\n"
+    "from transfer.model.scoring import score\n"
+    "from transfer.model.training import compile_for_training\n"
+    "from transfer.params import Params\n"
+    "from transfer.schema import read_fine_tune\n"
     "model, classes = load_model(MODEL)\n"
     "paths, labels = read_split(SPLITS, 'val', RAW, classes)\n"
     "compile_for_training(model, 1e-3, read_fine_tune(Params.load()).training.label_smoothing)\n"
@@ -153,7 +156,7 @@ VAL_SCORE = (
 OUTPUT_KERNELS = (
     "import json\n"
     "from transfer.layout import HEAD_MODEL, MODEL\n"
-    "from transfer.models import load_model\n"
+    "from transfer.model.classifier import load_model\n"
     "print(json.dumps({name: [w for w in load_model(path)[0].weights if w.path.endswith('kernel')][-1].numpy()"
     ".tolist() for name, path in (('head', HEAD_MODEL), ('model', MODEL))}))\n"
 )

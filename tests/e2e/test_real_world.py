@@ -199,8 +199,9 @@ def test_a_kaggle_folder_with_a_labels_csv_runs_through(repo, dirty_source, tmp_
 
 def _resnet_weights(path: Path, scale: float) -> Path:
     """A weights file for the 32 px ResNet50 of PARAMS: its seeded random weights, times ``scale``."""
-    from transfer.backbones import build_backbone, resolve
-    from transfer.params import BackboneParams
+    from transfer.model.backbones import build_backbone
+    from transfer.model.registry import resolve
+    from transfer.schema import BackboneParams
 
     backbone = build_backbone(resolve(BackboneParams("resnet50", "none", [32, 32])))
     backbone.set_weights([weight * scale for weight in backbone.get_weights()])

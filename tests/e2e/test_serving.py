@@ -20,8 +20,8 @@ from tests.helpers import (
     wait_for_http,
 )
 from transfer.io import read_csv
-from transfer.models import save_model
-from transfer.predict import predict_to_csv
+from transfer.model.classifier import save_model
+from transfer.serve.predict import predict_to_csv
 
 # One pytest-xdist worker runs this whole module (tests/conftest.py, ONE_WORKER_MODULES): its module-scoped
 # pipeline run is built once, not once per worker.
@@ -45,7 +45,7 @@ def _not_json(name: str):
 def logged(tmp_path_factory):
     import mlflow
 
-    from transfer.serving import log_photo_model
+    from transfer.serve.serving import log_photo_model
 
     folder = tmp_path_factory.mktemp("serving")
     save_model(tiny_classifier(mirror=True), folder / "model.keras", CLASSES)
@@ -128,7 +128,7 @@ def test_a_class_named_like_an_answer_column_keeps_the_photo_model(tmp_path, sha
     import mlflow
     import pandas as pd
 
-    from transfer.serving import log_photo_model
+    from transfer.serve.serving import log_photo_model
 
     classes = ["label", "error", "triangle"]
     save_model(tiny_classifier(mirror=False), tmp_path / "model.keras", classes)

@@ -52,11 +52,11 @@ def test_head_only_pipeline_reaches_75_percent_on_real_flowers(flowers):
 
 def test_the_assembled_model_scores_as_the_head_did_on_cached_features(flowers, monkeypatch):
     """Backbone + head on the photos (float32, in one graph) against the head on the float16 cached features."""
-    from transfer.datasets import read_classes, read_split
+    from transfer.data.splits import read_classes, read_split
     from transfer.layout import MODEL, RAW, SPLITS
-    from transfer.models import load_model
-    from transfer.predict import class_probabilities
-    from transfer.reports import probability_scores
+    from transfer.model.classifier import load_model
+    from transfer.model.scoring import probability_scores
+    from transfer.serve.predict import class_probabilities
 
     monkeypatch.chdir(flowers)
     model, classes = load_model(MODEL)
@@ -103,8 +103,9 @@ def test_imagenet_weights_load_from_a_seeded_keras_cache(tmp_path):
     shutil.copy(MOBILENETV2_035_WEIGHTS, tmp_path / "keras" / "models" / MOBILENETV2_035_WEIGHTS.name)
     script = (
         "import sys, numpy as np\n"
-        "from transfer.backbones import build_feature_extractor, resolve\n"
-        "from transfer.params import BackboneParams\n"
+        "from transfer.model.backbones import build_feature_extractor\n"
+        "from transfer.model.registry import resolve\n"
+        "from transfer.schema import BackboneParams\n"
         "images = np.random.default_rng(0).uniform(0, 255, (2, 224, 224, 3)).astype('float32')\n"
         "for weights in ('imagenet', sys.argv[1]):\n"
         "    extractor = build_feature_extractor(resolve(BackboneParams('mobilenetv2_0.35', weights, None)))\n"

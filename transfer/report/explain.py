@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.backbones import MIRROR_LAYER
-from transfer.datasets import decode_upright, exif_orientation
+from transfer.data.images import exif_orientation
+from transfer.data.pipeline import decode_upright
 from transfer.errors import DataError
-from transfer.heads import HEAD_LAYER
-from transfer.models import backbone_of
-from transfer.reports import drawable, save_figure
+from transfer.model.backbones import MIRROR_LAYER
+from transfer.model.classifier import backbone_of
+from transfer.model.heads import HEAD_LAYER
+from transfer.plotting import drawable, save_figure
 
 
 def _gradcam_parts(model):
@@ -41,7 +42,7 @@ def gradcam(model, image: np.ndarray, class_index: int | None = None) -> tuple[n
     """The Grad-CAM heatmap of one image.
 
     Args:
-        model: a classifier from :func:`transfer.models.assemble_classifier` (raw pixels in).
+        model: a classifier from :func:`transfer.model.classifier.assemble_classifier` (raw pixels in).
         image: one RGB image, [height, width, 3], pixel values in [0, 255], any size.
         class_index: the class to explain; None explains the predicted one.
 

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.datasets import load_image, read_image_file
+from transfer.data.images import read_image_file
+from transfer.data.pipeline import load_image
 from transfer.errors import DataError
 from transfer.io import atomic_path, remove, write_json
-from transfer.models import classes_path, input_size, load_model
+from transfer.model.classifier import classes_path, input_size, load_model
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,6 @@
-"""MLflow tracking: one run per pipeline execution, assembled from the files the stages leave behind.
+"""MLflow tracking: one run per pipeline execution, logged by evaluate from :mod:`transfer.report.record`.
 
-The evaluate stage logs the run at the end of every execution that reaches it. Because everything is read
-from the stages' output files (params, histories, timings, figures, the model), a stage that DVC restored
-from its run-cache instead of running still contributes its record, all but its seconds (which belong to the
-execution that ran it; :func:`timing_metrics`). Evaluate itself declares a
+The evaluate stage logs the run at the end of every execution that reaches it. Evaluate itself declares a
 ``cache: false`` output, which turns DVC's run-cache off for it, so it always runs and always logs.
 
 Store: ``MLFLOW_TRACKING_URI`` if set, else ``mlflow.db`` (SQLite) at the repository root, found through
@@ -17,29 +14,19 @@ import contextlib
 import logging
 import os
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from transfer.distribute import is_chief
-from transfer.io import read_csv, read_json, write_json
+from transfer.io import read_json, write_json
 from transfer.layout import (
-    DATA_QUALITY_REPORTS,
-    DATA_REPORT,
-    EVALUATE_REPORTS,
-    FINE_TUNE_REPORTS,
-    HEAD_REPORTS,
-    HISTORY,
     MODEL,
-    STAGE_METRICS,
-    TEST_METRICS,
-    TIMINGS,
 )
-from transfer.models import classes_path
-from transfer.params import PARAMS_FILE, flatten, read_params_file, repository_root
-from transfer.stage import execution_id, stage_elapsed
+from transfer.model.classifier import classes_path
+from transfer.model.distribute import is_chief
+from transfer.params import repository_root
+from transfer.report.record import content_digest
 
 log = logging.getLogger(__name__)
 
@@ -56,94 +43,6 @@ LOCK_RETRIES = 5  # SQLite allows one writer: queued experiments running side by
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repository_root().resolve() / STORE_FILE}"
-
-
-def _git_commit(root: Path) -> str | None:
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None
-
-
-def run_tags(params: dict[str, Any]) -> dict[str, str]:
-    """Tags that identify an execution: DVC experiment, baseline, commit, backbone and dataset."""
-    tags = {
-        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "workspace"),
-        "dvc_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
-        "git_commit": _git_commit(repository_root()) or "",
-        "backbone": str(params.get("backbone", "")),
-        "dataset": Path(str(params.get("data", {}).get("source", ""))).name,
-    }
-    return {key: value for key, value in tags.items() if value}
-
-
-def _number(text: str) -> float | None:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return None
-
-
-def timing_metrics(folder: Path, current: str | None, evaluating: float) -> tuple[dict[str, float], float]:
-    """The timing figures (``<stage>_seconds``, ``extract_features_images_per_second``...) of the stages this
-    execution ran, and the seconds they took, from their records in ``folder`` (reports/timings).
-
-    A stage DVC found up to date or restored from its run-cache did not run: its record is an earlier
-    execution's, and its seconds are left out, so that the run's figures add up to what it took. Evaluate, which
-    is running, counts ``evaluating`` seconds so far. Outside DVC (``current`` None) every record counts.
-    """
-    metrics: dict[str, float] = {}
-    ran = 0.0
-    for timing in sorted(folder.glob("*.json")):
-        figures = read_json(timing)
-        if timing.stem == "evaluate" or (current is not None and figures.get("execution") != current):
-            continue
-        stage = timing.stem.replace("-", "_")
-        metrics.update({f"{stage}_{key}": value for key, value in figures.items()
-                        if key not in ("images", "execution") and isinstance(value, (int, float))})
-        ran += figures.get("seconds", 0.0)
-    metrics["evaluate_seconds"] = round(evaluating, 2)
-    return metrics, ran
-
-
-def collect_execution(model=None, model_input_size: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Everything one execution left in its files, as the record :func:`log_execution` logs.
-
-    Test metrics go in as they are; each training stage's final validation figures as ``head_*`` and
-    ``fine_tune_*``, and its per-epoch history as the step metrics ``head_epoch_*`` and ``fine_tune_epoch_*``;
-    each stage's wall time as ``<stage>_seconds`` and extraction throughput as
-    ``extract_features_images_per_second``.
-    """
-    # Read as the stages read it (YAML 1.2, DVC's reading), so the run shows the values the stages used.
-    tree = read_params_file(PARAMS_FILE)
-    metrics = dict(read_json(TEST_METRICS))
-    for prefix, folder in (("head", HEAD_REPORTS), ("fine_tune", FINE_TUNE_REPORTS),
-                           ("data_quality", DATA_QUALITY_REPORTS)):
-        if (folder / STAGE_METRICS).is_file():
-            metrics.update({f"{prefix}_{key}": value for key, value in read_json(folder / STAGE_METRICS).items()})
-    timed, ran = timing_metrics(TIMINGS, execution_id(), stage_elapsed())
-    metrics.update(timed)
-    histories = {
-        prefix: [{key: _number(value) for key, value in row.items()} for row in read_csv(folder / HISTORY)]
-        for prefix, folder in (("head", HEAD_REPORTS), ("fine_tune", FINE_TUNE_REPORTS))
-        if (folder / HISTORY).is_file()
-    }
-    artifacts = [TEST_METRICS, DATA_REPORT, *sorted(EVALUATE_REPORTS.glob("*")),
-                 *sorted(HEAD_REPORTS.glob("*")), *sorted(FINE_TUNE_REPORTS.glob("*")),
-                 *sorted(DATA_QUALITY_REPORTS.glob("*"))]
-    return {
-        "params": flatten(tree),
-        "params_tree": tree,
-        "metrics": metrics,
-        "histories": histories,
-        "tags": run_tags(tree),
-        "artifacts": artifacts,
-        "model": model,
-        "model_input_size": model_input_size,
-        # The stages this execution ran (not those DVC found up to date or restored), evaluate so far included.
-        "duration_seconds": ran + stage_elapsed(),
-    }
 
 
 def _log(mlflow, run_name: str, record: dict[str, Any]) -> str:
@@ -220,21 +119,6 @@ def _log(mlflow, run_name: str, record: dict[str, Any]) -> str:
         return run.info.run_id
 
 
-def content_digest(record: dict[str, Any]) -> str:
-    """What an execution logged, as a digest: its params, test and validation figures, histories and the tags
-    that place it (commit, baseline, backbone, data set); not its wall times, which differ between two runs of
-    the same work, nor its experiment's name, which DVC draws anew for each run."""
-    import hashlib
-    import json
-
-    metrics = {key: value for key, value in record["metrics"].items()
-               if not key.endswith(("_seconds", "_per_second"))}
-    tags = {key: value for key, value in record["tags"].items() if key != "dvc_exp_name"}
-    text = json.dumps({"params": record["params"], "metrics": metrics, "histories": record["histories"],
-                       "tags": tags}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def _unrecorded_run(client, content: str) -> str | None:
     """The run an earlier evaluate of this workspace logged and was stopped (kill -9) before DVC recorded it,
     when it holds this very execution: its id, to be recorded now instead of logging a copy. Such a run that
@@ -290,10 +174,10 @@ def _remove_abandoned_runs(client, experiment_id: str) -> None:
 
 
 def _log_photo_model(record: dict[str, Any]) -> None:
-    """The photo-serving model (:mod:`transfer.serving`) beside the Keras one; a failure is a warning only."""
+    """The photo-serving model (:mod:`transfer.serve.serving`) beside the Keras one; a failure is a warning only."""
     path = Path(record.get("model_path") or MODEL)
     try:
-        from transfer.serving import log_photo_model
+        from transfer.serve.serving import log_photo_model
 
         log_photo_model(path, read_json(classes_path(path)))
     except Exception as error:  # noqa: BLE001 - the run and its Keras model stand without it

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from transfer.params import HeadParams
+from transfer.schema import HeadParams
 
 HEAD_LAYER = "head"
 

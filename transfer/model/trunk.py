@@ -27,7 +27,7 @@ import numpy as np
 
 from transfer.errors import DataError, ParamError
 from transfer.io import read_json
-from transfer.rows import RowFile
+from transfer.model.rows import RowFile
 
 TRUNK_FOLDER = "trunk"
 TRUNK_SPLITS = ("train", "val")
@@ -100,7 +100,7 @@ def classifiers(split: Split, head, mirror: bool):
     from the cache: both views averaged when ``mirror`` (the saved model's own mirror averaging), else one."""
     import keras
 
-    from transfer.backbones import MIRROR_LAYER
+    from transfer.model.backbones import MIRROR_LAYER
 
     shape, dtype = split.top.input.shape[1:], split.top.input.dtype
     view = keras.Input(shape, dtype=dtype, name="trunk_output")
@@ -120,7 +120,7 @@ def trunk_on_images(split: Split, single_view, preprocessing: str):
     trunk."""
     import keras
 
-    from transfer.backbones import preprocess
+    from transfer.model.backbones import preprocess
 
     inputs = keras.Input((None, None, 3), name="image")
     resized = single_view.get_layer("resize")(inputs)
@@ -132,12 +132,12 @@ def joint_extractor(split: Split, single_view, preprocessing: str, mirror: bool)
     """Raw images in; (pooled features, the trunk's output on each image, on its mirror) out, in one pass.
 
     The pooled features are the top's output on the trunk's, so they are the extractor's features (averaged
-    with the mirror's when ``mirror``, as :func:`transfer.backbones.build_views` averages them): the trunk
+    with the mirror's when ``mirror``, as :func:`transfer.model.backbones.build_views` averages them): the trunk
     cache costs extraction no forward pass of its own, only the writing.
     """
     import keras
 
-    from transfer.backbones import MIRROR_LAYER, preprocess
+    from transfer.model.backbones import MIRROR_LAYER, preprocess
 
     inputs = keras.Input((None, None, 3), name="image")
     x = preprocess(single_view.get_layer("resize")(inputs), preprocessing)
@@ -151,7 +151,7 @@ def joint_extractor(split: Split, single_view, preprocessing: str, mirror: bool)
 def boundary_layer(backbone, unfreeze: int | str) -> str | None:
     """The layer where the trained top begins for ``fine_tune.unfreeze`` (the first layer it trains; the last
     one when it trains none of the backbone), or None when nothing below it stays frozen."""
-    from transfer.models import trained_layers, unfrozen_from
+    from transfer.model.classifier import trained_layers, unfrozen_from
 
     if unfrozen_from(backbone, unfreeze) == 0:
         return None
@@ -200,8 +200,8 @@ def plan_trunk(single_view, preprocessing: str, unfreeze: int | str, mirror: boo
     None when nothing is frozen (``unfreeze: all``, or every layer counted) or when ``unfreeze`` does not fit
     this backbone (fine-tune says so if it trains).
     """
-    from transfer.features import changing_extractor
-    from transfer.models import backbone_of
+    from transfer.model.classifier import backbone_of
+    from transfer.model.features import changing_extractor
 
     backbone = backbone_of(single_view)
     try:
@@ -246,7 +246,7 @@ def check_disk(folder: Path, needed: int) -> None:
 class TrunkCache:
     """Read access to ``trunk/`` of a feature folder: fine-tune's training and validation inputs, from disk.
 
-    Batches are read a few rows at a time (:class:`transfer.rows.RowFile`), so memory does not grow with the
+    Batches are read a few rows at a time (:class:`transfer.model.rows.RowFile`), so memory does not grow with the
     number of photos.
     """
 
@@ -284,7 +284,7 @@ class TrunkCache:
         mirrored (when ``flip``), or one of its augmented copies.
 
         The order is tf.data's seeded shuffle of the image positions, the very order in which
-        :func:`transfer.datasets.image_dataset` shuffles the photos under the same seed, so with no views to
+        :func:`transfer.data.pipeline.image_dataset` shuffles the photos under the same seed, so with no views to
         draw from the cache trains exactly as the photos would.
         """
         import tensorflow as tf
@@ -323,7 +323,7 @@ class TrunkCache:
         disk in a NumPy function; the targets are gathered by position."""
         import tensorflow as tf
 
-        from transfer.datasets import steady
+        from transfer.data.pipeline import steady
 
         targets = tf.constant(np.asarray(targets, np.float32))
         shape = self.shape

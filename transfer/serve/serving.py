@@ -29,7 +29,7 @@ import mlflow
 import numpy as np
 
 from transfer.io import shortened
-from transfer.models import classes_path
+from transfer.model.classifier import classes_path
 
 IMAGE_COLUMN = "image"
 LABEL, CONFIDENCE, ERROR = "label", "confidence", "error"
@@ -46,10 +46,10 @@ class PhotoClassifier(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context):
-        from transfer.stage import quiet_native_logs
+        from transfer.process import quiet_native_logs
 
         quiet_native_logs()  # TensorFlow's start-up chatter out of the server's log: imported next
-        from transfer.models import input_size, load_model
+        from transfer.model.classifier import input_size, load_model
 
         self.model, self.classes = load_model(Path(context.artifacts["model"]))
         self.size = input_size(self.model)
@@ -92,19 +92,20 @@ def image_bytes(cell) -> tuple[bytes | None, str | None]:
 
 def classify_bytes(model, classes: list[str], size: tuple[int, int], images: list):
     """A ``pandas.DataFrame``, one row per request cell: label, confidence, error ('' when fine) and one
-    probability column per class (:func:`transfer.predict.probability_columns`); a cell that gives no usable
+    probability column per class (:func:`transfer.serve.predict.probability_columns`); a cell that gives no usable
     image has its reason in error, an empty label and None figures (``null`` in JSON, never NaN).
 
-    Decoded and resized by :func:`transfer.datasets.decode_resized`, as every image of the pipeline is, after the
-    decode gate (:func:`transfer.datasets.decode_problem`) has read the size from the header, so the probabilities
+    Decoded and resized by :func:`transfer.data.pipeline.decode_resized`, as every image of the pipeline is, after the
+    decode gate (:func:`transfer.data.images.decode_problem`) has read the size from the header, so the probabilities
     are the ones ``python -m transfer predict`` writes for the same files, and a request's memory is bounded
     by the gate's pixel bound, one image at a time, whatever its bytes claim.
     """
     import pandas as pd
     import tensorflow as tf
 
-    from transfer.datasets import decode_problem, decode_resized, exif_orientation
-    from transfer.predict import probability_columns
+    from transfer.data.images import decode_problem, exif_orientation
+    from transfer.data.pipeline import decode_resized
+    from transfer.serve.predict import probability_columns
 
     data, problems = [], []
     for cell in images:
@@ -141,7 +142,7 @@ def log_photo_model(model_path: Path, classes: list[str]) -> None:
     from mlflow.types import ColSpec, Schema
     from mlflow.types.schema import AnyType
 
-    from transfer.predict import probability_columns
+    from transfer.serve.predict import probability_columns
 
     signature = ModelSignature(
         # Any type, not MLflow's binary: a binary column makes MLflow decode the base64 itself and fail the whole
@@ -174,7 +175,7 @@ def _log(model_path: Path, signature) -> None:
         python_model=PhotoClassifier(),
         artifacts={"model": str(model_path), "classes": str(classes_path(model_path))},
         # The decoder and the loader are this package's: shipped with the model, so serving runs them as is.
-        code_paths=[str(Path(__file__).resolve().parent)],
+        code_paths=[str(Path(__file__).resolve().parents[1])],
         signature=signature,
         # Stated, not inferred: inference reloads the model in a subprocess, which costs minutes.
         pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.datasets import image_dataset, read_image_file
+from transfer.data.images import read_image_file
+from transfer.data.pipeline import image_dataset
 from transfer.errors import DataError
 from transfer.io import displayed_path, spreadsheet_safe, write_csv
 from transfer.layout import visible_files
-from transfer.models import input_size
+from transfer.model.classifier import input_size
 
 GLOB_CHARACTERS = "*?["
 
@@ -82,7 +83,7 @@ def class_probabilities(model, paths: list[str], batch_size: int, tta: bool = Fa
         batch_size: images per forward pass, at most.
         tta: test-time augmentation: each image is also scored mirrored, at twice the cost.
     """
-    from transfer.features import compiled_forward, padded
+    from transfer.model.features import compiled_forward, padded
 
     size = input_size(model)
     classes = int(model.output_shape[-1])
@@ -156,7 +157,7 @@ def predict_to_csv(
     model_path: Path, inputs: list[str], out: Path, batch_size: int, top_k: int, tta: bool = False
 ) -> dict:
     """Predict every input image with a saved model and write the CSV whole; returns a summary."""
-    from transfer.models import load_model
+    from transfer.model.classifier import load_model
 
     model, classes = load_model(model_path)
     files = expand_inputs(inputs)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from transfer.errors import ParamError
-from transfer.params import DistributeParams
+from transfer.schema import DistributeParams
 
 log = logging.getLogger(__name__)
 

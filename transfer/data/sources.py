@@ -2,10 +2,8 @@
 
 The images come as one subfolder per class, or as a flat folder labelled by a CSV (``data.labels_csv``).
 Array data sets (a ``.npz``, a CIFAR python archive) are written out as PNGs by
-:mod:`transfer.arrays`.
-Downloads are checked against ``data.sha256`` when it is set, archives are extracted without letting any
-member land outside the target or unpack past ``data.max_bytes``, and the result appears under its final
-name only when it is complete.
+:mod:`transfer.data.arrays`. Downloads are checked against ``data.sha256`` when it is set, archives are unpacked
+by :mod:`transfer.data.archives`, and the result appears under its final name only when it is complete.
 """
 
 from __future__ import annotations
@@ -14,34 +12,23 @@ import hashlib
 import http.client
 import logging
 import os
-import posixpath
 import shutil
-import sys
-import tarfile
 import time
 import urllib.error
 import urllib.request
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transfer.arrays import (
-    ArraySet,
-    arrays_from_cifar,
-    arrays_from_npz,
-    cifar_layout,
-    is_npz,
-    write_arrays,
-)
+from transfer.data.archives import ARCHIVE_SUFFIXES, TooLarge, extract
+from transfer.data.arrays import ArraySet, arrays_from_cifar, arrays_from_npz, cifar_layout, is_npz, write_arrays
+from transfer.data.labels_csv import arrange_by_label, locate_labels_csv
 from transfer.errors import DataError
 from transfer.io import atomic_path, scratch_folder
-from transfer.labels_csv import arrange_by_label, locate_labels_csv
 from transfer.layout import is_hidden
-from transfer.params import DataParams, repo_path
+from transfer.params import repo_path
+from transfer.schema import DataParams
 
 log = logging.getLogger(__name__)
-
-ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".zip")
 DOWNLOAD_ATTEMPTS = 3
 CHUNK_BYTES = 1 << 20
 
@@ -71,7 +58,7 @@ def download(url: str, destination: Path, max_bytes: int) -> None:
             with urllib.request.urlopen(url, timeout=60) as response, destination.open("wb") as out:
                 expected = int(response.headers.get("Content-Length") or 0) or None
                 if expected is not None and expected > max_bytes:
-                    raise _TooLarge(f"data.source {url} is {expected} bytes, over data.max_bytes = {max_bytes}")
+                    raise TooLarge(f"data.source {url} is {expected} bytes, over data.max_bytes = {max_bytes}")
                 with tqdm(total=expected, unit="B", unit_scale=True, desc=f"download {Path(url).name}") as bar:
                     received = 0
                     for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
@@ -79,12 +66,12 @@ def download(url: str, destination: Path, max_bytes: int) -> None:
                         received += len(chunk)
                         bar.update(len(chunk))
                         if received > max_bytes:
-                            raise _TooLarge(f"data.source {url} passed data.max_bytes = {max_bytes} bytes")
+                            raise TooLarge(f"data.source {url} passed data.max_bytes = {max_bytes} bytes")
             if expected is not None and received != expected:
                 raise DataError(f"download of {url} stopped at {received} of {expected} bytes")
             return
         except (urllib.error.URLError, http.client.HTTPException, OSError, DataError) as error:
-            if isinstance(error, _TooLarge):
+            if isinstance(error, TooLarge):
                 raise
             if attempt == DOWNLOAD_ATTEMPTS:
                 raise DataError(
@@ -93,70 +80,6 @@ def download(url: str, destination: Path, max_bytes: int) -> None:
                 ) from None
             log.warning("download attempt %d failed (%s); retrying", attempt, error or type(error).__name__)
             time.sleep(2**attempt)
-
-
-class _TooLarge(DataError):
-    """A download over ``data.max_bytes``: retrying would not help."""
-
-
-def _outside(name: str) -> bool:
-    """Whether an archive path, taken relative to the target, would leave it."""
-    path = name.replace("\\", "/")
-    return path.startswith("/") or posixpath.normpath(path).split("/")[0] == ".."
-
-
-def _check_member(name: str, archive: Path, link: str | None = None) -> None:
-    if _outside(name):
-        raise DataError(f"archive {archive} is refused: member {name!r} would be written outside the target")
-    if link is not None and _outside(link):
-        raise DataError(f"archive {archive} is refused: member {name!r} links outside the target")
-
-
-def _check_size(total: int, archive: Path, max_bytes: int) -> None:
-    if total > max_bytes:
-        raise DataError(
-            f"archive {archive} is refused: it unpacks to {total} bytes, over data.max_bytes = {max_bytes}"
-        )
-
-
-def extract(archive: Path, target: Path, max_bytes: int) -> None:
-    """Extract a .tgz, .tar.gz, .tar or .zip archive into ``target``.
-
-    Every member is checked before anything is written: none may land outside ``target`` (absolute paths,
-    ``..``, links pointing out), none may be a device or pipe, and together they may not unpack to more
-    than ``max_bytes``. Sizes are the archive's own: zipfile and tarfile never write more than a member
-    declares, so a forged header cannot unpack more than it admits.
-    """
-    try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as bundle:
-                members = bundle.infolist()
-                for member in members:
-                    _check_member(member.filename, archive)
-                _check_size(sum(member.file_size for member in members), archive, max_bytes)
-                bundle.extractall(target)
-            return
-        with tarfile.open(archive, "r:*") as bundle:
-            members = bundle.getmembers()
-            for member in members:
-                if member.issym():  # relative to the link's own folder
-                    _check_member(member.name, archive, posixpath.join(posixpath.dirname(member.name), member.linkname))
-                elif member.islnk():  # relative to the archive's top
-                    _check_member(member.name, archive, member.linkname)
-                else:
-                    _check_member(member.name, archive)
-                if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
-                    raise DataError(f"archive {archive} is refused: member {member.name!r} is a device or pipe")
-            _check_size(sum(member.size for member in members if member.isfile()), archive, max_bytes)
-            # The "data" filter repeats these checks inside tarfile itself; Pythons before 3.10.12 and 3.11.4
-            # lack it (pyproject.toml's floor), and there is no safe unpacking without it.
-            if not hasattr(tarfile, "data_filter"):
-                raise DataError(f"archive {archive} cannot be unpacked safely on Python {sys.version.split()[0]}: "
-                                "tarfile's extraction filters need Python 3.10.12, 3.11.4 or later")
-            bundle.extractall(target, filter="data")
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
-        detail = " ".join(str(error).split())  # tarfile lists each method it tried on lines of their own
-        raise DataError(f"archive {archive} is broken or not a .tgz/.tar.gz/.tar/.zip archive: {detail}") from None
 
 
 def unwrap(folder: Path) -> Path:

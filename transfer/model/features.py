@@ -5,7 +5,7 @@ Layout of a feature folder (``data/features/``):
     <split>_labels.npy     [N] int32 class indices
     train_views_*.npy      with features.train_views = K: K augmented copies of each training image, K x N rows
     meta.json              backbone, weights, image size, feature dim, dtype, class names, counts
-    trunk/                 the frozen trunk's output at the fine-tune boundary, for fine-tune (transfer.trunk)
+    trunk/                 the frozen trunk's output at the fine-tune boundary, for fine-tune (transfer.model.trunk)
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from transfer.datasets import augmenter, image_dataset
+from transfer.data.pipeline import augmenter, image_dataset
 from transfer.errors import DataError, ParamError
 from transfer.io import atomic_path, read_json, write_json
-from transfer.rows import RowFile
+from transfer.model.rows import RowFile
 
 log = logging.getLogger(__name__)
 
@@ -197,14 +197,14 @@ def extract_features(
         batch_size: images per forward pass.
         dtype: the stored feature dtype, ``float16`` or ``float32``.
         meta: facts to record in ``meta.json`` (backbone, weights, image size, classes).
-        runtime: the :class:`transfer.distribute.Runtime` to run under; None: one device. Across hosts,
+        runtime: the :class:`transfer.model.distribute.Runtime` to run under; None: one device. Across hosts,
             each computes its share and every host writes all of the features.
         views: (an extractor that changes each image at random first, K): K copies of the training split
             through it, written as the split ``train_views`` (K x N rows: the first copy of every image, then
             the second...). None or K = 0: none.
-        trunk: a :class:`transfer.trunk.TrunkPlan`, or None: the frozen trunk's output for every training and
+        trunk: a :class:`transfer.model.trunk.TrunkPlan`, or None: the frozen trunk's output for every training and
             validation image, its mirror and (training only) its augmented copies, written under ``trunk/`` in
-            the same pass that makes those splits' features (see :mod:`transfer.trunk` for the layout).
+            the same pass that makes those splits' features (see :mod:`transfer.model.trunk` for the layout).
 
     Returns:
         {"images": count, "seconds": wall time, "trace_seconds": the part of it spent tracing the forward pass

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from transfer.backbones import BACKBONE_LAYER
 from transfer.errors import DataError, ParamError
-from transfer.heads import HEAD_LAYER
 from transfer.io import atomic_path, read_json, write_json
-from transfer.params import UNFREEZE_ALL
+from transfer.model.backbones import BACKBONE_LAYER
+from transfer.model.heads import HEAD_LAYER
+from transfer.schema import UNFREEZE_ALL
 
 CLASSES_SUFFIX = ".classes.json"
 

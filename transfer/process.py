@@ -1,0 +1,116 @@
+"""What a stage's process knows of itself: when its stage began, which DVC execution it belongs to, and the
+filter that keeps TensorFlow's native start-up chatter out of its stderr.
+
+Below everything else, so that tracking and the served model can use them without the stage runner.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+
+_started: float | None = None  # time.time() when the running stage's run_stage began
+
+# TensorFlow's native start-up chatter, which TF_CPP_MIN_LOG_LEVEL no longer silences (its messages come before
+# absl's logging is initialised): info and warning lines, the line announcing them, the CPU-instructions note,
+# the failed CUDA probe of every machine without a GPU, and tf.data's note that a graph names an attribute its op
+# does not know (use_unbounded_threadpool: written by this TensorFlow itself, harmless), and oneDNN's note that it
+# falls back to Eigen for uint8 on CPUs without AVX-512. Real errors (other E lines) still pass.
+NATIVE_NOISE = re.compile(
+    rb"^(?:[IW]\d{4} \d\d:\d\d:\d\d"
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+    rb"|E\d{4} .*failed call to cuInit"
+    rb"|E\d{4} .*NodeDef mentions attribute use_unbounded_threadpool"
+    rb"|E\d{4} .*oneDNN supports DT_UINT8 only on platforms with AVX-512"
+    rb"|To enable the following instructions: .*rebuild TensorFlow)"
+)
+_quieted = False  # whether this process's stderr already goes through the filter
+_HELD_BACK = b"IWET"  # a line starting with one of these may be noise: held until it is whole
+_LONGEST_NOISE_PREFIX = 200
+
+
+def quiet_native_logs() -> None:
+    """Filter :data:`NATIVE_NOISE` out of this process's stderr at the file-descriptor level, where TensorFlow's
+    C++ writes; everything else passes at once (progress bars included). ``TF_CPP_MIN_LOG_LEVEL=0`` keeps it
+    all. For a process whose stderr is file descriptor 2 (a stage, ``python -m transfer``, the served model);
+    under a test's captured stderr it does nothing. A second call does nothing either.
+    """
+    global _quieted
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0" or _quieted:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        if sys.stderr.fileno() != 2:
+            return
+        original = os.dup(2)
+        read_end, write_end = os.pipe()
+    except (AttributeError, OSError, ValueError):
+        return
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    _quieted = True
+
+    def pump() -> None:
+        passing, pending = False, b""
+        while chunk := os.read(read_end, 65536):
+            pending += chunk
+            while pending:
+                end = pending.find(b"\n")
+                if passing or end < 0:
+                    if not passing and pending[:1] in _HELD_BACK and len(pending) < _LONGEST_NOISE_PREFIX:
+                        break  # wait for the rest of the line
+                    cut = len(pending) if end < 0 else end + 1
+                    os.write(original, pending[:cut])
+                    pending, passing = pending[cut:], end < 0
+                    continue
+                line, pending = pending[: end + 1], pending[end + 1 :]
+                if not NATIVE_NOISE.match(line):
+                    os.write(original, line)
+        if pending and not NATIVE_NOISE.match(pending):
+            os.write(original, pending)
+
+    thread = threading.Thread(target=pump, name="quiet-native-logs", daemon=True)
+    thread.start()
+
+    def finish() -> None:
+        sys.stderr.flush()
+        os.dup2(original, 2)  # closes the pipe's only write end: the pump sees the end and drains
+        thread.join(timeout=5)
+
+    atexit.register(finish)
+
+
+def stage_elapsed() -> float:
+    """Seconds since this process's stage began (as its timing will count them); 0 outside a stage."""
+    return time.time() - _started if _started is not None else 0.0
+
+
+def start_clock() -> None:
+    """Mark now as the start of this process's stage: what :func:`stage_elapsed` counts from."""
+    global _started
+    _started = time.time()
+
+
+def execution_id() -> str | None:
+    """Which DVC execution runs this process: the pid and start time of the nearest ``dvc`` process above it.
+
+    Every stage of one ``dvc repro`` or ``dvc exp run`` (queued ones too) has the same; a stage restored from
+    DVC's run-cache keeps the one of the execution that ran it. None outside DVC.
+    """
+    try:
+        import psutil
+
+        process = psutil.Process().parent()
+        while process is not None:
+            command = process.cmdline()
+            if any(Path(part).name == "dvc" for part in command[:3]):
+                return f"{process.pid}-{process.create_time():.3f}"
+            process = process.parent()
+    except Exception:  # noqa: BLE001 - no process table to read (or no psutil): no execution to name
+        return None
+    return None
