@@ -93,7 +93,7 @@ def probe(train: tuple, val: tuple, test: tuple, grid: tuple[float, ...] = (0.01
     return {"test_accuracy": float(model.score(*test)), "val_accuracy": float(score), "C": c}
 
 
-def linear_probe(features: Path) -> dict[str, float]:
+def probe_features(features: Path) -> dict[str, float]:
     """:func:`probe` on a cached feature folder's splits."""
     import numpy as np
 
@@ -145,7 +145,7 @@ def measure(repo: Path, levers: list[str]) -> dict[str, object]:
     start = time.perf_counter()
     run(["dvc", "repro"], repo)
     record: dict[str, object] = {"default": read_run(repo), "repro_seconds": round(time.perf_counter() - start, 1)}
-    record["linear_probe"] = linear_probe(repo / "data/features")
+    record["linear_probe"] = probe_features(repo / "data/features")
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-q", "-m", "defaults"], repo)
     record["levers"] = {}

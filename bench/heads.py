@@ -108,7 +108,7 @@ def train_head(features, splits: dict, head, seed: int, classes: int) -> dict[st
             "test_accuracy": tested["accuracy"]}
 
 
-def linear_probe(features, splits: dict) -> dict[str, float]:
+def probe_split(features, splits: dict) -> dict[str, float]:
     """:func:`bench.accuracy.probe` on rows of ``features`` (its C grid reaching one step lower)."""
     rows = [(features[splits[name][0]], splits[name][1]) for name in ("train", "val", "test")]
     return {"test_accuracy": probe(*rows, grid=(0.003, 0.01, 0.03, 0.1, 0.3, 1.0))["test_accuracy"]}
@@ -123,8 +123,8 @@ def study(extracted: dict, seeds: int, defaults: dict) -> dict:
     for seed in range(seeds):
         splits = split_indices(extracted["scan"], seed, defaults["split"]["val"], defaults["split"]["test"])
         classes = len(extracted["scan"].classes)
-        row = {"probe_single_view": linear_probe(extracted["plain"], splits),
-               "probe_mirror": linear_probe(extracted["mirror"], splits)}
+        row = {"probe_single_view": probe_split(extracted["plain"], splits),
+               "probe_mirror": probe_split(extracted["mirror"], splits)}
         for name, (mirror, changes) in VARIANTS.items():
             training = {key: value for key, value in changes.items() if key in ("lr", "label_smoothing")}
             head = replace(base, **{key: value for key, value in changes.items() if key in ("dropout", "hidden")},
