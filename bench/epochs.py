@@ -117,7 +117,8 @@ def capture(repo: Path) -> None:
     from transfer.layout import RAW, SPLITS
     from transfer.model import scoring, training
     from transfer.model.registry import resolve
-    from transfer.schema import Params, read_backbone
+    from transfer.params import Params
+    from transfer.schema import read_backbone
 
     params = Params.load()
     choice = resolve(read_backbone(params), params.source)

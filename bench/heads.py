@@ -116,7 +116,8 @@ def probe_split(features, splits: dict) -> dict[str, float]:
 
 def study(extracted: dict, seeds: int, defaults: dict) -> dict:
     """Every variant and both probes on every seed, then the mean test accuracy of each over the seeds."""
-    from transfer.schema import Params, read_head
+    from transfer.params import Params
+    from transfer.schema import read_head
 
     base = read_head(Params(defaults))
     per_seed = []

@@ -290,7 +290,8 @@ def in_process_ratios(repo: Path, epochs: int, quick: bool) -> dict:
     from transfer.model.heads import build_head
     from transfer.model.registry import resolve
     from transfer.model.training import compile_for_training, set_determinism
-    from transfer.schema import BackboneParams, Params, read_backbone
+    from transfer.params import Params
+    from transfer.schema import BackboneParams, read_backbone
 
     choice = resolve(read_backbone(Params.load()))
     classes = read_classes(SPLITS)

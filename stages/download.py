@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this fi
 from transfer.data.sources import fetch
 from transfer.io import write_json
 from transfer.layout import DOWNLOAD_REPORT, RAW
-from transfer.schema import DataParams, Params, read_data
+from transfer.params import Params
+from transfer.schema import DataParams, read_data
 from transfer.stage import run_stage
 
 log = logging.getLogger("download")

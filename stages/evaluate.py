@@ -38,6 +38,7 @@ from transfer.model.calibration import (
     scale,
 )
 from transfer.model.classifier import input_size, load_model
+from transfer.params import Params
 from transfer.report.explain import gradcam_sample
 from transfer.report.figures import plot_confident_mistakes, plot_confusion_matrix, plot_per_class
 from transfer.report.metrics import (
@@ -49,7 +50,7 @@ from transfer.report.metrics import (
 )
 from transfer.report.record import collect_execution
 from transfer.report.tracking import log_execution, open_store_early, run_recorded, tracking_uri
-from transfer.schema import EvaluateParams, Params, read_evaluate
+from transfer.schema import EvaluateParams, read_evaluate
 from transfer.serve.predict import class_probabilities
 from transfer.stage import run_stage
 

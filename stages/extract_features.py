@@ -31,10 +31,10 @@ from transfer.model.distribute import runtime
 from transfer.model.features import FeatureStore, changing_extractor, extract_features
 from transfer.model.registry import BackboneChoice, resolve
 from transfer.model.trunk import check_disk, plan_trunk
+from transfer.params import Params
 from transfer.schema import (
     DistributeParams,
     FeatureParams,
-    Params,
     QualityParams,
     read_backbone,
     read_distribute,

@@ -36,8 +36,9 @@ from transfer.model.scoring import score
 from transfer.model.stopping import best_epoch, cap_note
 from transfer.model.training import blend_weights, class_weights, compile_with, fit, set_determinism, write_history
 from transfer.model.trunk import TrunkCache, boundary_layer, classifiers, split_backbone
+from transfer.params import Params
 from transfer.report.figures import plot_history
-from transfer.schema import DistributeParams, FineTuneParams, Params, read_backbone, read_distribute, read_fine_tune
+from transfer.schema import DistributeParams, FineTuneParams, read_backbone, read_distribute, read_fine_tune
 from transfer.stage import run_stage
 
 log = logging.getLogger("fine-tune")

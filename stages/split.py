@@ -18,7 +18,8 @@ from transfer.data.images import scan_images
 from transfer.data.splits import curate, data_report, split_keeping_test, stratified_split, write_splits
 from transfer.io import atomic_path, read_json, write_json
 from transfer.layout import DATA_REPORT, DOWNLOAD_REPORT, RAW, SHIPPED_TEST_PREFIX, SPLITS
-from transfer.schema import CurationParams, Params, SplitParams, read_curation, read_split
+from transfer.params import Params
+from transfer.schema import CurationParams, SplitParams, read_curation, read_split
 from transfer.stage import run_stage
 
 log = logging.getLogger("split")

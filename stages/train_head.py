@@ -28,8 +28,9 @@ from transfer.model.heads import build_head, search_settings, setting_row
 from transfer.model.scoring import plain_scores, score
 from transfer.model.stopping import best_epoch, cap_note
 from transfer.model.training import class_weights, compile_with, fit, set_determinism, write_history
+from transfer.params import Params
 from transfer.report.figures import plot_history
-from transfer.schema import DistributeParams, HeadParams, Params, read_distribute, read_head
+from transfer.schema import DistributeParams, HeadParams, read_distribute, read_head
 from transfer.stage import run_stage
 
 log = logging.getLogger("train-head")

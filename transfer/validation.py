@@ -14,10 +14,9 @@ from pathlib import Path
 
 from transfer.errors import ParamError
 from transfer.model.registry import LAYER_COUNTS, resolve
-from transfer.params import PARAMS_FILE, flatten
+from transfer.params import PARAMS_FILE, Params, flatten
 from transfer.schema import (
     UNFREEZE_ALL,
-    Params,
     read_backbone,
     read_curation,
     read_data,

@@ -16,7 +16,8 @@ from transfer.data import arrays
 from transfer.data.sources import fetch
 from transfer.errors import DataError, ParamError
 from transfer.io import read_json
-from transfer.schema import DataParams, Params, read_data
+from transfer.params import Params
+from transfer.schema import DataParams, read_data
 
 
 def _data(source, sha256=None, labels_csv=None) -> DataParams:

@@ -13,7 +13,8 @@ from tests.helpers import local_cluster
 from transfer.errors import ParamError
 from transfer.model.classifier import float32_config
 from transfer.model.distribute import _cluster_chief, is_chief, runtime
-from transfer.schema import DistributeParams, Params, read_distribute
+from transfer.params import Params
+from transfer.schema import DistributeParams, read_distribute
 
 HERE = Path(__file__).resolve().parent
 

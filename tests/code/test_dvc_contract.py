@@ -12,7 +12,7 @@ import yaml
 
 from tests.helpers import REPO
 from transfer import layout
-from transfer.schema import Params
+from transfer.params import Params
 
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
 STAGES = DVC["stages"]

@@ -116,3 +116,28 @@ def test_the_floors_test_sees_the_layering_it_guards():
     assert "transfer.serve.serving" in _imports("transfer.report.tracking")  # a lazy import, inside a function
     assert _floor("transfer.report.tracking") == "report" and _floor("transfer.schema") == "foundations"
     assert FLOORS.index(_floor("transfer.serve.serving")) > FLOORS.index(_floor("transfer.model.classifier"))
+
+
+def _defined(module: str) -> set[str]:
+    """What ``module`` itself defines at its top (not what it imports), and its submodules."""
+    names = {name.rpartition(".")[2] for name in MODULES if name.rpartition(".")[0] == module}
+    for node in ast.parse(MODULES[module].read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(target.id for target in node.targets if isinstance(target, ast.Name))
+        elif isinstance(node, ast.AnnAssign):
+            names.add(node.target.id)
+    return names
+
+
+def test_every_name_is_imported_from_the_module_that_defines_it():
+    """No import leans on another module's imports: the floors above are judged on where things live."""
+    borrowed = []
+    for folder in ("transfer", "stages", "tests", "bench"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in MODULES:
+                    borrowed += [f"{path.relative_to(REPO)}: {alias.name} from {node.module}"
+                                 for alias in node.names if alias.name not in _defined(node.module)]
+    assert borrowed == []

@@ -8,9 +8,8 @@ import yaml
 
 from tests.helpers import committed_params_text, set_param
 from transfer.errors import ParamError
-from transfer.params import flatten, parse_params_text
+from transfer.params import Params, flatten, parse_params_text
 from transfer.schema import (
-    Params,
     read_backbone,
     read_data,
     read_evaluate,
@@ -165,7 +164,7 @@ def test_relative_paths_are_anchored_at_the_dvc_root(monkeypatch, tmp_path):
 
 
 def test_a_weights_file_must_be_in_the_folder_dvc_watches(params_tree, monkeypatch, tmp_path):
-    from transfer.schema import WEIGHTS_FOLDER, input_file
+    from transfer.params import WEIGHTS_FOLDER, input_file
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "inputs/weights/sub").mkdir(parents=True)

@@ -10,7 +10,8 @@ from transfer.data import catalog, duplicates, quality, quality_report
 from transfer.data.splits import curate
 from transfer.errors import DataError, ParamError, UserError
 from transfer.io import read_csv, spreadsheet_safe, write_csv
-from transfer.schema import Params, read_curation, read_quality
+from transfer.params import Params
+from transfer.schema import read_curation, read_quality
 
 CLASSES = ["a", "b", "c", "d"]
 

@@ -15,8 +15,7 @@ from pathlib import Path, PurePosixPath
 from transfer.errors import DataError, ParamError
 from transfer.io import read_table, shortened
 from transfer.layout import class_name_problem, visible_files
-from transfer.params import LABELS_FOLDER
-from transfer.schema import input_file
+from transfer.params import LABELS_FOLDER, input_file
 
 # Header names recognised (case-insensitive), in order of preference.
 FILE_COLUMNS = ("file", "filename", "file_name", "path", "filepath", "image", "image_id", "id", "fname")
