@@ -63,14 +63,13 @@ def report_data_quality(checks: QualityParams, seed: int) -> float:
         return round(time.perf_counter() - start, 2)
     images = catalog.load_images(FeatureStore(FEATURES), SPLITS, RAW)
     report = quality.assess(images, checks.folds, checks.duplicate_ratio, seed)
-    metrics = quality_report.summary(images, report, quality.fold_count(images.labels, checks.folds),
-                              checks.duplicate_ratio)
+    metrics = quality_report.summary(images, report)
     quality_report.write_report(images, report, DATA_QUALITY_REPORTS, RAW, checks.gallery, metrics)
     seconds = time.perf_counter() - start
     log.info("data quality: %d suspected label error(s), %d near-duplicate pair(s) across splits (%d test image(s) "
              "leaked), %d outlier(s), in %.1f s (see %s)", metrics["label_issues"], metrics["near_duplicate_pairs"],
              metrics["leaked_test_images"], metrics["outliers"], seconds, DATA_QUALITY_REPORTS)
-    warning = quality.implausible_duplicates(images, report, checks.duplicate_ratio)
+    warning = quality.implausible_duplicates(images, report)
     if warning:
         log.warning("WARNING: data quality: %s", warning)
     return round(seconds, 2)

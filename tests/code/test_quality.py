@@ -167,12 +167,12 @@ def test_when_most_images_pair_up_a_few_pairs_per_image_are_listed_and_the_repor
     assert {index for pair in pairs for index in pair[:2]} == set(range(len(labels))), "every image is listed"
 
     report = quality.assess(images, folds=3, ratio=0.2, seed=0)
-    assert quality_report.summary(images, report, 3, 0.2)["near_duplicate_pairs"] == total
-    warning = quality.implausible_duplicates(images, report, 0.2)
+    assert quality_report.summary(images, report)["near_duplicate_pairs"] == total
+    warning = quality.implausible_duplicates(images, report)
     assert warning.startswith("200 of 200 images have a near-duplicate in another split at "
                               "quality.duplicate_ratio = 0.2"), warning
     clean = _images(*_clusters())
-    assert quality.implausible_duplicates(clean, quality.assess(clean, 3, 0.2, 0), 0.2) is None
+    assert quality.implausible_duplicates(clean, quality.assess(clean, 3, 0.2, 0)) is None
 
 
 def test_thumbnails_see_through_resizing_re_encoding_mirroring_and_exif_rotation(tmp_path):
@@ -215,6 +215,24 @@ def test_the_cache_and_the_split_files_must_agree():
         catalog.gather({"train": (features, labels)}, {"train": ["one.png"]}, CLASSES)
 
 
+def test_a_copy_among_copies_is_listed_as_one_picture_with_no_ratio():
+    """Six exact copies in train leave each other no spread (their 5th-nearest is a copy): a slightly changed
+    seventh copy in test is near by the one-picture rule alone, so its ratio is not a number, and its CSV cell
+    empty, never a 0.0 that would read as identical."""
+    features, labels = _clusters(per_class=20)
+    images = _images(features, labels)
+    train = np.flatnonzero(images.splits == "train")[:6]
+    test = int(np.flatnonzero(images.splits == "test")[0])
+    images.thumbnails[train] = images.thumbnails[train[0]]
+    images.thumbnails[test] = images.thumbnails[train[0]] + 0.003 * np.random.default_rng(0).standard_normal(
+        images.thumbnails.shape[1])
+    pairs, _ = duplicates.near_duplicates(images, ratio=0.2)
+    with_test = [pair for pair in pairs if test in pair[:2] and {pair[0], pair[1]} & set(train.tolist())]
+    assert with_test and all(pair[2] >= duplicates.SAME_PICTURE and np.isnan(pair[3]) for pair in with_test)
+    rows = quality_report.duplicate_rows(images, with_test)
+    assert {row[quality_report.DUPLICATE_COLUMNS.index("ratio")] for row in rows} == {""}
+
+
 def _photos(root, files):
     for name in files:
         path = root / name
@@ -231,7 +249,7 @@ def test_the_report_is_written_whole_with_its_galleries_and_metrics(tmp_path):
     images.thumbnails[12] = images.thumbnails[10] * 1.01
     _photos(tmp_path / "raw", images.files)
     report = quality.assess(images, folds=5, ratio=0.2, seed=0)
-    metrics = quality_report.summary(images, report, 5, 0.2)
+    metrics = quality_report.summary(images, report)
     quality_report.write_report(images, report, tmp_path / "out", tmp_path / "raw", gallery=6, metrics=metrics)
     out = tmp_path / "out"
     assert sorted(path.name for path in out.iterdir()) == [

@@ -16,6 +16,8 @@ the number of images, not with its square, and every image with a near-duplicate
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from transfer.data.catalog import Images, similarity_blocks, unit_rows
@@ -45,7 +47,8 @@ def near_duplicates(images: Images, ratio: float) -> tuple[list[tuple[int, int, 
         ([(i, j, similarity, distance ratio)] with i < j, from different splits, most similar first: each
         image's ``PAIRS_PER_IMAGE`` most similar near ones, so every image that has one is listed), and the
         number of all such pairs, listed or not. The distance ratio is the pair's distance over the smaller of
-        the two images' usual distances.
+        the two images' usual distances; NaN where that is 0 (images whose usual neighbours are copies of them)
+        and the pair is near by ``SAME_PICTURE`` alone.
     """
     if images.thumbnails is None:
         raise ValueError("near-duplicates need the images' thumbnails (quality.load_images reads them)")
@@ -77,7 +80,7 @@ def near_duplicates(images: Images, ratio: float) -> tuple[list[tuple[int, int, 
                 # One value per pair, whichever image lists it: the one computed from the earlier image's row.
                 if near[position, j] and (pair not in listed or i < j):
                     value = float(ratios[position, j])
-                    listed[pair] = (float(similarity[position, j]), value if np.isfinite(value) else 0.0)
+                    listed[pair] = (float(similarity[position, j]), value if np.isfinite(value) else math.nan)
     pairs = [(a, b, similarity, value) for (a, b), (similarity, value) in listed.items()]
     pairs.sort(key=lambda pair: (-pair[2], pair[0], pair[1]))
     return pairs, total

@@ -166,6 +166,8 @@ class QualityReport:
     pair_count: int  # every near pair across splits
     scores: np.ndarray
     outliers: np.ndarray
+    folds: int  # the folds the out-of-fold probabilities took (fewer than quality.folds for small classes)
+    ratio: float  # the quality.duplicate_ratio the pairs were judged at
 
     @property
     def suspects(self) -> np.ndarray:
@@ -181,17 +183,18 @@ def assess(images: Images, folds: int, ratio: float, seed: int) -> QualityReport
     scores = outlier_scores(images)
     return QualityReport(probabilities=probabilities, ranking=label_issue_ranking(images.labels, probabilities),
                          estimated_errors=estimated_label_errors(images.labels, probabilities),
-                         pairs=pairs, pair_count=pair_count, scores=scores, outliers=flagged_outliers(scores))
+                         pairs=pairs, pair_count=pair_count, scores=scores, outliers=flagged_outliers(scores),
+                         folds=fold_count(images.labels, folds), ratio=ratio)
 
 
-def implausible_duplicates(images: Images, report: QualityReport, ratio: float) -> str | None:
+def implausible_duplicates(images: Images, report: QualityReport) -> str | None:
     """A warning when more than ``IMPLAUSIBLE_LEAK_SHARE`` of the images have a near-duplicate in another split:
     copies of that many are rarer than a setting too loose for this data; else None."""
     paired = {index for pair in report.pairs for index in pair[:2]}
     if len(paired) <= IMPLAUSIBLE_LEAK_SHARE * len(images.files):
         return None
     return (f"{len(paired)} of {len(images.files)} images have a near-duplicate in another split at "
-            f"quality.duplicate_ratio = {ratio}: so many copies are unlikely. Look at the highest ratios of "
+            f"quality.duplicate_ratio = {report.ratio}: so many copies are unlikely. Look at the highest ratios of "
             f"{NEAR_DUPLICATES} and lower it; until then the leak counts and accuracy_without_leaked mean little")
 
 

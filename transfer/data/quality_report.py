@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,9 @@ def duplicate_rows(images: Images, pairs: list[tuple[int, int, float, float]]) -
         leak = "train-test" if kinds == {"train", "test"} else "val-test" if kinds == {"val", "test"} else "train-val"
         rows.append([*(value for index in (a, b) for value in (
             spreadsheet_safe(images.files[index]), images.splits[index],
-            spreadsheet_safe(images.classes[images.labels[index]]))), round(similarity, 4), round(ratio, 4), leak])
+            spreadsheet_safe(images.classes[images.labels[index]]))), round(similarity, 4),
+            # Empty: not judged by the ratio (no spread to judge by), near because the two are one picture.
+            "" if math.isnan(ratio) else round(ratio, 4), leak])
     return rows
 
 
@@ -66,19 +69,19 @@ def outlier_rows(images: Images, report: QualityReport) -> list[list[Any]]:
             for rank, index in enumerate(report.outliers, start=1)]
 
 
-def summary(images: Images, report: QualityReport, folds: int, ratio: float) -> dict[str, Any]:
+def summary(images: Images, report: QualityReport) -> dict[str, Any]:
     """The counts that go into ``dvc metrics`` and MLflow."""
     predicted = report.probabilities.argmax(axis=1)
     per_split = {split: int(np.sum(images.splits[report.suspects] == split)) for split in SPLITS}
     return {
         "images": len(images.files),
-        "folds": folds,
+        "folds": report.folds,
         "out_of_fold_accuracy": round(float(np.mean(predicted == images.labels)), 4),
         "label_issues": len(report.suspects),
         "label_issues_train": per_split["train"],
         "label_issues_val": per_split["val"],
         "label_issues_test": per_split["test"],
-        "duplicate_ratio": ratio,
+        "duplicate_ratio": report.ratio,
         "near_duplicate_pairs": report.pair_count,
         "near_duplicate_pairs_listed": len(report.pairs),
         "leaked_test_images": int(len(leaked(images, report.pairs, "test"))),
