@@ -130,12 +130,14 @@ import resource, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import numpy as np
-from transfer.model.backbones import build_views, resolve
-from transfer.model.heads import build_head
+from transfer.model.backbones import build_views
 from transfer.model.classifier import assemble_classifier, backbone_of, unfreeze_top
-from transfer.schema import Params, read_backbone, read_fine_tune
+from transfer.model.heads import build_head
+from transfer.model.registry import resolve
 from transfer.model.training import compile_with, fit
 from transfer.model.trunk import TrunkCache, boundary_layer, classifiers, split_backbone
+from transfer.params import Params
+from transfer.schema import read_backbone, read_fine_tune
 params = Params.load(Path(sys.argv[2]) / "params.yaml")
 choice, tune = resolve(read_backbone(params)), read_fine_tune(params)
 cache = TrunkCache(Path(sys.argv[3]))
@@ -192,8 +194,9 @@ import json, resource, sys, tempfile
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import numpy as np
-from transfer.model.backbones import build_feature_extractor, resolve
+from transfer.model.backbones import build_feature_extractor
 from transfer.model.features import extract_features
+from transfer.model.registry import resolve
 from transfer.schema import BackboneParams
 paths = json.loads(Path(sys.argv[2]).read_text()) * int(sys.argv[3])
 choice = resolve(BackboneParams(sys.argv[4], sys.argv[5], json.loads(sys.argv[6])))
