@@ -100,10 +100,13 @@ def pipeline_ratios(repo: Path) -> dict:
             "head_exp_inside_stages_s": sum(stage_s.values()), **stage_s, "tf_import_s": tf_import}
 
 
-def default_pipeline_ratios(work: Path, settings: dict, generated: bool) -> dict:
+def default_pipeline_ratios(work: Path, settings: dict, generated: bool, quick: bool = False) -> dict:
     """Wall times of a head experiment and a fine-tune experiment on a pipeline with default params (only the
-    source, backbone and weights set; generated images keep their small size), and fine-tune's peak memory."""
+    source, backbone and weights set; generated images keep their small size), and fine-tune's peak memory.
+    ``quick``: two fine-tune epochs, not the default's (a check that every step runs; its ratios mean little)."""
     chosen = {key: value for key, value in settings.items() if key != "image_size" or generated}
+    if quick:
+        chosen["fine_tune.epochs"] = 2
     repo = make_pipeline_repo(work / "default", chosen)
     run(["dvc", "repro"], repo)
     run(["git", "add", "-A"], repo)
@@ -427,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         name, settings = dataset(work, args.generated)
         repo = make_pipeline_repo(work / "repo", {**settings, "fine_tune.epochs": 0, "head.epochs": 30})
         raw = pipeline_ratios(repo)
-        raw.update(default_pipeline_ratios(work, settings, args.generated))
+        raw.update(default_pipeline_ratios(work, settings, args.generated, quick=args.quick))
         raw.update(in_process_ratios(repo, epochs, quick=args.quick))
         paths_file = work / "paths.json"
         paths = sorted(str(path) for path in (repo / "data/raw").rglob("*") if path.is_file())
