@@ -314,3 +314,19 @@ def native_noise(output: str) -> list[str]:
 
     return [line for line in output.splitlines()
             if re.match(r"\s*[IWEF]\d{4} \d\d:\d\d:\d\d", line) or "absl::" in line or "cuInit" in line]
+
+
+def transfer_imports(path: Path) -> set[str]:
+    """The ``transfer`` modules a file imports, at its top or inside a function, by dotted name (a submodule
+    imported by ``from package import module`` counted as itself)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "transfer":
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names
+                         if (REPO / node.module.replace(".", "/") / f"{alias.name}.py").exists())
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "transfer")
+    return found

@@ -3,14 +3,13 @@
 A param read but not declared gives stale results; one declared but not read re-runs stages for nothing.
 """
 
-import ast
 import importlib.util
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import REPO
+from tests.helpers import REPO, transfer_imports
 from transfer import layout
 from transfer.params import Params
 
@@ -30,24 +29,11 @@ def _load_stage(stage: str):
     return module
 
 
-def _transfer_imports(path: Path) -> set[str]:
-    """The ``transfer`` modules a file imports, by module name."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "transfer":
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names
-                         if (REPO / node.module.replace(".", "/") / f"{alias.name}.py").exists())
-        elif isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "transfer")
-    return found
-
-
 def _code_closure(script: Path) -> set[str]:
     """Repository-relative paths of the script and every project module it runs, transitively."""
     files, pending = {script}, [script]
     while pending:
-        for module in _transfer_imports(pending.pop()):
+        for module in transfer_imports(pending.pop()):
             parts = module.split(".")
             for depth in range(1, len(parts) + 1):  # importing transfer.x runs transfer/__init__.py too
                 candidate = REPO.joinpath(*parts[:depth])

@@ -11,7 +11,7 @@ import ast
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, transfer_imports
 
 PACKAGE = REPO / "transfer"
 FOUNDATIONS = {"transfer", "transfer.errors", "transfer.io", "transfer.layout", "transfer.params",
@@ -47,16 +47,7 @@ def _floor(module: str) -> str:
 
 def _imports(module: str) -> set[str]:
     """The project modules ``module`` imports, at its top or inside a function."""
-    found = set()
-    for node in ast.walk(ast.parse(MODULES[module].read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.startswith("transfer"):
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names
-                         if f"{node.module}.{alias.name}" in MODULES)
-        elif isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names if alias.name.startswith("transfer"))
-    found.discard(module)
-    return {name for name in found if name in MODULES}
+    return {name for name in transfer_imports(MODULES[module]) if name in MODULES and name != module}
 
 
 def test_every_module_is_on_a_floor_and_imports_nothing_from_a_floor_above():
