@@ -51,7 +51,7 @@ def near_duplicates(images: Images, ratio: float) -> tuple[list[tuple[int, int, 
         and the pair is near by ``SAME_PICTURE`` alone.
     """
     if images.thumbnails is None:
-        raise ValueError("near-duplicates need the images' thumbnails (quality.load_images reads them)")
+        raise ValueError("near-duplicates need the images' thumbnails (catalog.load_images reads them)")
     thumbs = np.asarray(images.thumbnails, dtype=np.float32)
     unit = unit_rows(thumbs - thumbs.mean(axis=0)) if len(thumbs) else thumbs
     usual = usual_distances(unit)
