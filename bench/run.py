@@ -81,44 +81,64 @@ def timed(command: list[str], cwd: Path) -> float:
     return time.perf_counter() - start
 
 
-def pipeline_ratios(repo: Path) -> dict:
-    """Wall times of a first full ``dvc repro``, a no-op one, and a head-only experiment."""
+def reproduced(repo: Path) -> dict:
+    """Wall times of a first full ``dvc repro`` and, once its results are committed, a no-op one."""
     full = timed(["dvc", "repro"], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-q", "-m", "baseline"], repo)
-    noop = timed(["dvc", "repro"], repo)
-    head_exp = timed(["dvc", "exp", "run", "-S", "head.lr=0.002"], repo)
-    # The wall time of the three stages it re-ran, as each records it (from its params check to its last
-    # write, TensorFlow's import included, since the stages import it lazily); the rest is DVC's own work and
-    # the start of each Python process.
-    stage_s = {f"head_exp_{stage.replace('-', '_')}_s": json.loads(
-        (repo / "reports/timings" / f"{stage}.json").read_text())["seconds"]
-        for stage in ("train-head", "fine-tune", "evaluate")}
-    # The yardstick, timed in this run beside the experiment: the best of three bare imports.
-    tf_import = min(timed([sys.executable, "-c", "import tensorflow"], repo) for _ in range(3))
-    return {"full_run_s": full, "noop_repro_s": noop, "head_exp_s": head_exp,
-            "head_exp_inside_stages_s": sum(stage_s.values()), **stage_s, "tf_import_s": tf_import}
+    return {"full_run_s": full, "noop_repro_s": timed(["dvc", "repro"], repo)}
 
 
-def default_pipeline_ratios(work: Path, settings: dict, generated: bool, quick: bool = False) -> dict:
-    """Wall times of a head experiment and a fine-tune experiment on a pipeline with default params (only the
-    source, backbone and weights set; generated images keep their small size), and fine-tune's peak memory.
-    ``quick``: two fine-tune epochs, not the default's (a check that every step runs; its ratios mean little)."""
+def experiment(repo: Path, name: str, overrides: list[str], stages: tuple[str, ...]) -> dict:
+    """Wall time of ``dvc exp run -S ...`` and of each stage it re-ran, as the stage records it (from its params
+    check to its last write, TensorFlow's import included, since the stages import it lazily); the rest is DVC's
+    own work and the start of each Python process."""
+    seconds = timed(["dvc", "exp", "run", *(part for override in overrides for part in ("-S", override))], repo)
+    return {f"{name}_s": seconds, **{f"{name}_{key}": value for key, value in _stage_seconds(repo, stages).items()}}
+
+
+def tf_import_s(repo: Path) -> float:
+    """The yardstick, timed in this run beside the experiments: the best of three bare imports."""
+    return min(timed([sys.executable, "-c", "import tensorflow"], repo) for _ in range(3))
+
+
+HEAD_STAGES = ("train-head", "fine-tune", "evaluate")
+
+
+def pipeline_ratios(repo: Path) -> dict:
+    """Wall times of a first full ``dvc repro``, a no-op one, and a head-only experiment."""
+    raw = {**reproduced(repo), **experiment(repo, "head_exp", ["head.lr=0.002"], HEAD_STAGES)}
+    raw["head_exp_inside_stages_s"] = sum(raw[f"head_exp_{stage.replace('-', '_')}_s"] for stage in HEAD_STAGES)
+    return {**raw, "tf_import_s": tf_import_s(repo)}
+
+
+def default_repo(work: Path, settings: dict, generated: bool, quick: bool = False) -> Path:
+    """A pipeline with default params: only the source, backbone and weights set (generated images keep their
+    small size). ``quick``: two fine-tune epochs, not the default's (a check that every step runs)."""
     chosen = {key: value for key, value in settings.items() if key != "image_size" or generated}
     if quick:
         chosen["fine_tune.epochs"] = 2
-    repo = make_pipeline_repo(work / "default", chosen)
-    run(["dvc", "repro"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "baseline"], repo)
-    head_exp = timed(["dvc", "exp", "run", "-S", "head.lr=0.002"], repo)
-    head_stages = _stage_seconds(repo, ("train-head", "fine-tune", "evaluate"))
-    finetune_exp = timed(["dvc", "exp", "run", "-S", "fine_tune.lr=0.0002"], repo)
-    finetune_stages = _stage_seconds(repo, ("fine-tune", "evaluate"))
-    rss = {f"finetune_rss_{times}x_kib": finetune_peak_rss_kib(repo, work / f"cache{times}x", times)
-           for times in (1, 4)}
-    return {"default_head_exp_s": head_exp, **{f"default_head_exp_{k}": v for k, v in head_stages.items()},
-            "finetune_exp_s": finetune_exp, **{f"finetune_exp_{k}": v for k, v in finetune_stages.items()}, **rss}
+    return make_pipeline_repo(work / "default", chosen)
+
+
+def default_pipeline_ratios(work: Path, repo: Path) -> dict:
+    """On a reproduced, committed default pipeline: wall times of a head experiment and then a fine-tune
+    experiment, and fine-tune's peak memory."""
+    raw = {**experiment(repo, "default_head_exp", ["head.lr=0.002"], HEAD_STAGES),
+           **experiment(repo, "finetune_exp", ["fine_tune.lr=0.0002"], ("fine-tune", "evaluate"))}
+    return {**raw, **{f"finetune_rss_{times}x_kib": finetune_peak_rss_kib(repo, work / f"cache{times}x", times)
+                      for times in (1, 4)}}
+
+
+def quick_pipeline_ratios(work: Path, settings: dict, generated: bool) -> tuple[Path, dict]:
+    """--quick: every pipeline ratio from the one default pipeline (two fine-tune epochs). Its head-only
+    experiment comes last and also sets fine_tune.epochs to 0, so it re-runs the same three stages as the head
+    experiment of a pipeline without fine-tuning. A check that every step runs; its ratios mean little."""
+    repo = default_repo(work, settings, generated, quick=True)
+    raw = {**reproduced(repo), **default_pipeline_ratios(work, repo),
+           **experiment(repo, "head_exp", ["head.lr=0.003", "fine_tune.epochs=0"], HEAD_STAGES)}
+    raw["head_exp_inside_stages_s"] = sum(raw[f"head_exp_{stage.replace('-', '_')}_s"] for stage in HEAD_STAGES)
+    return repo, {**raw, "tf_import_s": tf_import_s(repo)}
 
 
 def _stage_seconds(repo: Path, stages: tuple[str, ...]) -> dict[str, float]:
@@ -428,9 +448,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         work = Path(scratch)
         name, settings = dataset(work, args.generated)
-        repo = make_pipeline_repo(work / "repo", {**settings, "fine_tune.epochs": 0, "head.epochs": 30})
-        raw = pipeline_ratios(repo)
-        raw.update(default_pipeline_ratios(work, settings, args.generated, quick=args.quick))
+        if args.quick:
+            repo, raw = quick_pipeline_ratios(work, settings, args.generated)
+        else:
+            repo = make_pipeline_repo(work / "repo", {**settings, "fine_tune.epochs": 0, "head.epochs": 30})
+            raw = pipeline_ratios(repo)
+            default = default_repo(work, settings, args.generated)
+            reproduced(default)
+            raw.update(default_pipeline_ratios(work, default))
         raw.update(in_process_ratios(repo, epochs, quick=args.quick))
         paths_file = work / "paths.json"
         paths = sorted(str(path) for path in (repo / "data/raw").rglob("*") if path.is_file())
