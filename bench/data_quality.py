@@ -15,8 +15,9 @@ Runs the real pipeline (``dvc repro``, and for the planted leak the stage script
    after, on the same images, per seed and their mean.
 3. **Planted leak.** 10 seeded test photos are resized to 80% and re-encoded as JPEG at quality 70 into the
    training split (``data/raw`` and ``data/splits/train.csv``), and the stages from extract-features on run
-   again (in the first seed's copy). Reported: how many of the 10 the report pairs with their copy, and the
-   test accuracy (``fine_tune.epochs: 0``: the head on the backbone) with and without the leaked images.
+   again (in a copy of the first seed's pipeline, taken before its curation). Reported: how many of the 10 the
+   report pairs with their copy, and the test accuracy (``fine_tune.epochs: 0``: the head on the backbone)
+   with and without the leaked images.
 
 Prints a table and writes the record as JSON. Data: the shared 1,000-photo dev set with the shared
 MobileNetV2 0.35 weights. ``--quick``: generated shapes, random weights, 32 px (minutes; what the test runs).
@@ -41,6 +42,7 @@ from bench.accuracy import DEV_ARCHIVE, QUICK_BACKBONE, QUICK_PARAMS, SHARED_WEI
 from tests.helpers import make_pipeline_repo, make_shapes_dataset, run  # noqa: E402
 from transfer.data.quality_report import leaked_test_files  # noqa: E402
 from transfer.io import read_csv, read_json, write_json  # noqa: E402
+from transfer.report.tracking import ARTIFACTS_FOLDER, STORE_FILE  # noqa: E402
 
 FLIP_FRACTION = 0.05
 LEAKED = 10
@@ -141,7 +143,6 @@ def curation(repo: Path) -> dict:
     exclude(repo, training + in_test)
     both = test_predictions(repo)
     remaining = sorted(both)
-    exclude(repo, [])
     return {
         "suspects": len(suspects),
         "suspects_in_train_val": len(training),
@@ -246,9 +247,15 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             repo = make_pipeline_repo(work / f"repo{seed}", {**base_params(args, source, seed), "fine_tune.epochs": 0})
             run(["dvc", "repro"], repo)
+            if seed == args.seed:
+                # The leak is planted in the clean pipeline: a copy of it, taken before curation excludes anything.
+                # The stages it re-runs work inside the copy; the MLflow store stays behind, since it names its
+                # artifacts' folder by absolute path (the copy's evaluate starts a store of its own).
+                shutil.copytree(repo, work / "leak_repo", symlinks=True,
+                                ignore=shutil.ignore_patterns(STORE_FILE, ARTIFACTS_FOLDER))
             results["curation"][str(seed)] = curation(repo)
             write_json(args.out, results)
-        results["leak"] = planted_leak(work / f"repo{args.seed}", args.seed)
+        results["leak"] = planted_leak(work / "leak_repo", args.seed)
         write_json(args.out, results)
     print_table(results)
     print(f"\nwrote {args.out}")
