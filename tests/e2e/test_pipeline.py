@@ -135,11 +135,14 @@ def test_a_head_experiment_reuses_the_cached_features(repo, first_run):
     assert "0.005" in shown
 
 
-VAL_SCORE = (
+# One process (one TensorFlow import) per look at the saved model: its score on the validation images, with
+# the fine-tune's label smoothing, and the output layer's kernel of the head as train-head left it and of the
+# saved model.
+SAVED_MODEL = (
     "import json, sys\n"
     "from transfer.data.pipeline import image_dataset\n"
     "from transfer.data.splits import read_classes, read_split\n"
-    "from transfer.layout import MODEL, RAW, SPLITS\n"
+    "from transfer.layout import HEAD_MODEL, MODEL, RAW, SPLITS\n"
     "from transfer.model.classifier import load_model\n"
     "from transfer.model.scoring import score\n"
     "from transfer.model.training import compile_for_training\n"
@@ -147,19 +150,18 @@ VAL_SCORE = (
     "from transfer.schema import read_fine_tune\n"
     "model, classes = load_model(MODEL)\n"
     "paths, labels = read_split(SPLITS, 'val', RAW, classes)\n"
+    "kernels = {name: [w for w in load_model(path)[0].weights if w.path.endswith('kernel')][-1].numpy().tolist()\n"
+    "           for name, path in (('head', HEAD_MODEL), ('model', MODEL))}\n"
     "compile_for_training(model, 1e-3, read_fine_tune(Params.load()).training.label_smoothing)\n"
-    "print(json.dumps(score(model, image_dataset(paths, (32, 32), 8, labels, len(classes)), 8)))\n"
+    "val = score(model, image_dataset(paths, (32, 32), 8, labels, len(classes)), 8)\n"
+    "print(json.dumps({'val': val, 'kernels': kernels}))\n"
 )
 
 
-# The output layer's kernel of the head as train-head left it and of the saved model.
-OUTPUT_KERNELS = (
-    "import json\n"
-    "from transfer.layout import HEAD_MODEL, MODEL\n"
-    "from transfer.model.classifier import load_model\n"
-    "print(json.dumps({name: [w for w in load_model(path)[0].weights if w.path.endswith('kernel')][-1].numpy()"
-    ".tolist() for name, path in (('head', HEAD_MODEL), ('model', MODEL))}))\n"
-)
+def _saved_model(repo) -> tuple[dict, dict]:
+    """The saved model's validation score and the output kernels (see SAVED_MODEL)."""
+    seen = json.loads(run(["python", "-c", SAVED_MODEL], repo).stdout.splitlines()[-1])
+    return seen["val"], seen["kernels"]
 
 
 def _history(repo) -> list[list[float | None]]:
@@ -175,18 +177,18 @@ def test_a_cached_trunk_fine_tune_trains_as_the_image_path_and_saves_what_it_tra
     same = ["-S", "fine_tune.epochs=3", "-S", "fine_tune.augment.flip=false", "-S", "fine_tune.augment.rotation=0",
             "-S", "fine_tune.augment.zoom=0", "-S", "fine_tune.augment.contrast=0", "-S", "fine_tune.patience=3",
             "-S", "fine_tune.lr=0.001", "-S", "features.trunk_views=0"]  # at this rate the third epoch beats the start
-    through = run(["dvc", "exp", "run", "-S", "fine_tune.trunk_cache=false", *same], repo)
+    # The first and the last run fine-tune alone (a stage as the target), since nothing here reads their evaluate.
+    through = run(["dvc", "exp", "run", "fine-tune", "-S", "fine_tune.trunk_cache=false", *same], repo)
     through_images = _history(repo)
     result = run(["dvc", "exp", "run", "-S", "fine_tune.trunk_cache=true", *same], repo)
     from_cache = _history(repo)
     tuned = json.loads((repo / "reports/fine_tune/metrics.json").read_text())
-    saved = json.loads(run(["python", "-c", VAL_SCORE], repo).stdout.splitlines()[-1])
-    kernels = json.loads(run(["python", "-c", OUTPUT_KERNELS], repo).stdout.splitlines()[-1])
+    saved, kernels = _saved_model(repo)
     # fine_tune.blend: the same run, saved halfway between the head's start and the kept epoch.
-    run(["dvc", "exp", "run", "-S", "fine_tune.trunk_cache=true", "-S", "fine_tune.blend=0.5", *same], repo)
+    run(["dvc", "exp", "run", "fine-tune", "-S", "fine_tune.trunk_cache=true", "-S", "fine_tune.blend=0.5", *same],
+        repo)
     halfway = json.loads((repo / "reports/fine_tune/metrics.json").read_text())
-    halfway_saved = json.loads(run(["python", "-c", VAL_SCORE], repo).stdout.splitlines()[-1])
-    halfway_kernels = json.loads(run(["python", "-c", OUTPUT_KERNELS], repo).stdout.splitlines()[-1])
+    halfway_saved, halfway_kernels = _saved_model(repo)
     _back_to_baseline(repo)
     assert "training through the whole backbone on the photos (fine_tune.trunk_cache is false)" in through.stderr
     assert stages_run(result) == ["fine-tune", "evaluate"], "a fine_tune key other than unfreeze: no extraction"
@@ -404,7 +406,9 @@ def test_two_queued_experiments_run_at_once(repo, first_run):
         line = next(line for line in compared if line.endswith(f"head.lr={lr}"))
         assert line.startswith("  ") and re.search(r" \d\.\d{4} +\d\.\d{4} +\d\.\d{4}  head", line), line
     checked = set()
-    for name in run(["dvc", "exp", "list", "--name-only"], repo).stdout.split():
+    # The queue's own experiments (its status rows: task, name, created, status), not every one this module ran.
+    queued = [line.split()[1] for line in status.splitlines() if line.rstrip().endswith("Success")]
+    for name in queued:
         run(["dvc", "exp", "apply", name], repo)
         lr = str(read_params_file(repo / "params.yaml")["head"]["lr"])
         if lr in ("0.02", "0.03"):
