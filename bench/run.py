@@ -97,7 +97,7 @@ def experiment(repo: Path, name: str, overrides: list[str], stages: tuple[str, .
     return {f"{name}_s": seconds, **{f"{name}_{key}": value for key, value in _stage_seconds(repo, stages).items()}}
 
 
-def tf_import_s(repo: Path, tries: int = 3) -> float:
+def tf_import_s(repo: Path, tries: int) -> float:
     """The yardstick, timed in this run beside the experiments: the best of ``tries`` bare imports."""
     return min(timed([sys.executable, "-c", "import tensorflow"], repo) for _ in range(tries))
 
@@ -107,9 +107,7 @@ HEAD_STAGES = ("train-head", "fine-tune", "evaluate")
 
 def pipeline_ratios(repo: Path) -> dict:
     """Wall times of a first full ``dvc repro``, a no-op one, and a head-only experiment."""
-    raw = {**reproduced(repo), **experiment(repo, "head_exp", ["head.lr=0.002"], HEAD_STAGES)}
-    raw["head_exp_inside_stages_s"] = sum(raw[f"head_exp_{stage.replace('-', '_')}_s"] for stage in HEAD_STAGES)
-    return {**raw, "tf_import_s": tf_import_s(repo)}
+    return {**reproduced(repo), **experiment(repo, "head_exp", ["head.lr=0.002"], HEAD_STAGES)}
 
 
 def default_repo(work: Path, settings: dict, generated: bool, quick: bool = False) -> Path:
@@ -135,10 +133,8 @@ def quick_pipeline_ratios(work: Path, settings: dict, generated: bool) -> tuple[
     experiment comes last and also sets fine_tune.epochs to 0, so it re-runs the same three stages as the head
     experiment of a pipeline without fine-tuning. A check that every step runs; its ratios mean little."""
     repo = default_repo(work, settings, generated, quick=True)
-    raw = {**reproduced(repo), **default_pipeline_ratios(work, repo),
-           **experiment(repo, "head_exp", ["head.lr=0.003", "fine_tune.epochs=0"], HEAD_STAGES)}
-    raw["head_exp_inside_stages_s"] = sum(raw[f"head_exp_{stage.replace('-', '_')}_s"] for stage in HEAD_STAGES)
-    return repo, {**raw, "tf_import_s": tf_import_s(repo, tries=1)}
+    return repo, {**reproduced(repo), **default_pipeline_ratios(work, repo),
+                  **experiment(repo, "head_exp", ["head.lr=0.003", "fine_tune.epochs=0"], HEAD_STAGES)}
 
 
 def _stage_seconds(repo: Path, stages: tuple[str, ...]) -> dict[str, float]:
@@ -457,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
             default = default_repo(work, settings, args.generated)
             reproduced(default)
             raw.update(default_pipeline_ratios(work, default))
+        raw["head_exp_inside_stages_s"] = sum(raw[f"head_exp_{stage.replace('-', '_')}_s"] for stage in HEAD_STAGES)
+        # One import is enough for --quick, whose ratios mean little.
+        raw["tf_import_s"] = tf_import_s(repo, tries=1 if args.quick else 3)
         raw.update(in_process_ratios(repo, epochs, quick=args.quick))
         paths_file = work / "paths.json"
         paths = sorted(str(path) for path in (repo / "data/raw").rglob("*") if path.is_file())
