@@ -39,4 +39,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage("download", main)
+    run_stage("download", main, tensorflow=False)

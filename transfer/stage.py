@@ -12,15 +12,16 @@ from collections.abc import Callable
 from transfer.errors import UserError, one_line
 from transfer.io import write_json
 from transfer.layout import TIMINGS
-from transfer.process import execution_id, quiet_native_logs, start_clock
+from transfer.process import execution_id, import_tensorflow, quiet_native_logs, start_clock
 from transfer.validation import check_params
 
 
-def run_stage(name: str, main: Callable[[], dict | None]) -> None:
+def run_stage(name: str, main: Callable[[], dict | None], tensorflow: bool = True) -> None:
     """Run a stage's ``main`` and record its wall time in ``reports/timings/<name>.json``.
 
     The whole of ``params.yaml`` is checked first, so a bad value anywhere stops the pipeline before any
-    work. ``main`` may return a dict of further figures (such as throughput) to record with the time. A
+    work. Then a stage that uses ``tensorflow`` imports it, lean (:func:`transfer.process.import_tensorflow`).
+    ``main`` may return a dict of further figures (such as throughput) to record with the time. A
     :class:`UserError` exits with status 2 and one line on stderr, no traceback.
     """
     quiet_native_logs()
@@ -29,6 +30,8 @@ def run_stage(name: str, main: Callable[[], dict | None]) -> None:
     start_clock()
     try:
         check_params()
+        if tensorflow:
+            import_tensorflow()
         figures = main() or {}
     except UserError as error:
         print(one_line(error), file=sys.stderr)

@@ -47,3 +47,30 @@ def test_asking_tensorflow_for_every_line_keeps_them():
     result = subprocess.run([sys.executable, "-c", SCRIPT, str(REPO)], capture_output=True, text=True, timeout=60,
                             env={"PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "0"})
     assert "failed call to cuInit" in result.stderr and "absl::InitializeLog" in result.stderr
+
+
+LEAN_IMPORT = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from transfer.process import import_tensorflow
+import_tensorflow()
+held_back = [name for name in ("sklearn", "pandas") if name in sys.modules]
+import numpy as np
+import keras
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+model.compile("adam", "categorical_crossentropy")
+model.fit(np.ones((8, 4)), np.eye(2)[[0, 1] * 4], epochs=1, verbose=0)
+probabilities = model.predict(np.ones((2, 4)), verbose=0)
+from sklearn.metrics import accuracy_score
+import pandas
+print(held_back, probabilities.shape, accuracy_score([0, 1], [0, 1]), len(pandas.DataFrame({"a": [1]})))
+"""
+
+
+def test_a_stage_imports_tensorflow_without_kerass_scikit_learn_and_pandas_yet_can_use_both_later():
+    # Keras guards both imports (try/except ImportError) and uses them only for its sklearn wrappers and DataFrame
+    # inputs; if a Keras release stopped guarding one, import_tensorflow would fail here, not in a user's stage.
+    result = subprocess.run([sys.executable, "-c", LEAN_IMPORT, str(REPO)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[] (2, 2) 1.0 1"
