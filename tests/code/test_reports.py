@@ -1,15 +1,21 @@
 """Evaluation figures equal scikit-learn's on known predictions; reports and figures are written."""
 
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from sklearn import metrics as sk
 
+from tests.helpers import REPO
 from transfer.io import read_csv, write_csv
 from transfer.plotting import drawable
 from transfer.report.figures import plot_confident_mistakes, plot_confusion_matrix, plot_history, plot_per_class
 from transfer.report.metrics import (
     classification_report,
     confident_mistakes,
+    confusion_counts,
     confusion_records,
     per_class_metrics,
     prediction_rows,
@@ -61,6 +67,63 @@ def test_per_class_and_report_agree_with_scikit_learn(known):
     assert sum(row["support"] for row in per_class.values()) == 60
     text, as_dict = classification_report(labels, predicted, CLASSES)
     assert "owl" in text and as_dict["dog"]["f1-score"] == pytest.approx(per_class["dog"]["f1"])
+
+
+@pytest.mark.parametrize("case", range(40))
+def test_every_figure_equals_scikit_learns_with_absent_and_never_predicted_classes(case):
+    """The figures are computed from the confusion counts (scikit-learn's import is a second of evaluate's start):
+    the same floats as scikit-learn's zero_division=0 ones, and the same report, on random predictions where some
+    class has no image and some class is never predicted."""
+    rng = np.random.default_rng(case)
+    count, images = int(rng.integers(2, 9)), int(rng.integers(1, 40))
+    labels = rng.integers(0, count, images)
+    if case % 2:
+        labels[labels == count - 1] = 0  # the last class has no image
+    predicted = np.where(rng.random(images) < 0.6, labels, rng.integers(0, count, images))
+    if case % 3 == 0:
+        predicted[predicted == 1] = 0  # nothing is predicted as class 1
+    names = [f"class{'x' * int(rng.integers(0, 14))}{index}" for index in range(count)]
+    every = list(range(count))
+
+    assert (confusion_counts(labels, predicted, count) == sk.confusion_matrix(labels, predicted, labels=every)).all()
+    precision, recall, f1, support = sk.precision_recall_fscore_support(labels, predicted, labels=every,
+                                                                        zero_division=0)
+    per_class = per_class_metrics(labels, predicted, names)
+    assert [list(row.values()) for row in per_class.values()] == [
+        list(row) for row in zip(precision, recall, f1, support, strict=True)]
+    probabilities = rng.dirichlet(np.ones(count), images)
+    probabilities[np.arange(images), predicted] += 1.0  # the predicted class on top, as argmax gives it
+    figures = summary_metrics(labels, probabilities / probabilities.sum(1, keepdims=True), top_k=1)
+    macro = sk.precision_recall_fscore_support(labels, predicted, labels=every, average="macro", zero_division=0)
+    assert (figures["macro_precision"], figures["macro_recall"], figures["macro_f1"]) == macro[:3]
+
+    text, as_dict = classification_report(labels, predicted, names)
+    kwargs = dict(labels=every, target_names=names, zero_division=0, digits=4)
+    assert as_dict == sk.classification_report(labels, predicted, output_dict=True, **kwargs)
+    theirs = sk.classification_report(labels, predicted, **kwargs)
+    # Where every support is 0 or the predictions miss every image, scikit-learn prints its supports as floats
+    # (``3.0``); the report keeps them whole, in the same column.
+    theirs = re.sub(r"(\d+)\.0\n", lambda found: found[1].rjust(len(found[0]) - 1) + "\n", theirs)
+    assert text == theirs
+
+
+def test_scoring_and_drawing_a_split_never_imports_scikit_learn(tmp_path):
+    script = f"""
+import sys
+import numpy as np
+from pathlib import Path
+from transfer.report.figures import plot_confusion_matrix, plot_per_class
+from transfer.report.metrics import classification_report, per_class_metrics, summary_metrics
+labels, probabilities = np.array([0, 1, 2, 2]), np.eye(3)[[0, 2, 2, 1]]
+summary_metrics(labels, probabilities, 2)
+classification_report(labels, probabilities.argmax(1), ["a", "b", "c"])
+plot_per_class(per_class_metrics(labels, probabilities.argmax(1), ["a", "b", "c"]), Path({str(tmp_path)!r}) / "p.png")
+plot_confusion_matrix(labels, probabilities.argmax(1), ["a", "b", "c"], Path({str(tmp_path)!r}) / "c.png")
+print(sorted(name for name in sys.modules if name.split(".")[0] == "sklearn"))
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
 
 
 def test_confusion_records_and_predictions_use_class_names(known, tmp_path):

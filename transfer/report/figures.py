@@ -11,31 +11,47 @@ from typing import Any
 import numpy as np
 
 from transfer.plotting import drawable, plot_gallery, save_figure
-from transfer.report.metrics import confident_mistakes
+from transfer.report.metrics import confident_mistakes, confusion_counts
 
 
 def plot_confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: Sequence[str], path: Path) -> None:
-    """Counts and row-normalised (recall per class) confusion matrices, side by side (scikit-learn's display)."""
+    """Counts and row-normalised (recall per class) confusion matrices, side by side: true classes down, predicted
+    across, each cell's value written in it up to 30 classes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
 
     names = [drawable(name) for name in classes]
+    counts = confusion_counts(labels, predicted, len(names))
+    support = counts.sum(axis=1, keepdims=True)
+    # A class without test images has a row of 0s, not of NaNs.
+    recall = np.divide(counts, support, out=np.zeros(counts.shape), where=support > 0)
     side = max(4.5, 0.45 * len(names) + 2.5)
     # Constrained layout keeps the right panel's class names clear of the left panel's colour bar.
     figure, axes = plt.subplots(1, 2, figsize=(2 * side + 1.5, side), layout="constrained")
-    for axis, normalize, title, fmt in ((axes[0], None, "Counts", "d"),
-                                        (axes[1], "true", "Normalised by true class", ".2f")):
-        with np.errstate(invalid="ignore", divide="ignore"):  # a class with no test image: its row is 0
-            ConfusionMatrixDisplay.from_predictions(
-                labels, predicted, labels=list(range(len(names))), display_labels=names, normalize=normalize,
-                ax=axis, cmap="Blues", values_format=fmt, include_values=len(names) <= 30,
-                xticks_rotation=90 if len(names) > 8 else 45, text_kw={"fontsize": 8})
+    for axis, matrix, title, fmt in ((axes[0], counts, "Counts", "d"),
+                                     (axes[1], recall, "Normalised by true class", ".2f")):
+        _confusion_panel(figure, axis, matrix, names, fmt)
         axis.set(title=title, xlabel="Predicted class", ylabel="True class")
     figure.suptitle(f"Confusion matrix on the test split ({len(labels)} images)")
     save_figure(figure, path)
+
+
+def _confusion_panel(figure, axis, matrix: np.ndarray, names: list[str], fmt: str) -> None:
+    """One confusion matrix in blues, with its colour bar, class names on both axes and (up to 30 classes) each
+    cell's value, in white on the darker half of the scale."""
+    image = axis.imshow(matrix, cmap="Blues", vmin=0, interpolation="nearest")
+    figure.colorbar(image, ax=axis)
+    if len(names) <= 30:
+        middle = matrix.max() / 2
+        for (row, column), value in np.ndenumerate(matrix):
+            axis.text(column, row, format(value, fmt), ha="center", va="center", fontsize=8,
+                      color="white" if value > middle else "black")
+    ticks = np.arange(len(names))
+    axis.set_xticks(ticks, names, rotation=90 if len(names) > 8 else 45, ha="center" if len(names) > 8 else "right",
+                    rotation_mode="anchor" if len(names) <= 8 else "default")
+    axis.set_yticks(ticks, names)
 
 
 def plot_history(rows: list[dict[str, Any]], path: Path, title: str) -> None:
