@@ -62,6 +62,27 @@ def test_clean_labels_give_few_suspects_and_the_folds_are_seeded():
     assert quality.estimated_label_errors(labels, first) <= 2
 
 
+def test_the_folds_fit_in_parallel_processes_only_on_a_large_set_and_give_the_same_probabilities(monkeypatch):
+    import sklearn.model_selection
+
+    jobs = []
+    fit = sklearn.model_selection.cross_val_predict
+
+    def spy(*args, **kwargs):
+        jobs.append(kwargs["n_jobs"])
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(sklearn.model_selection, "cross_val_predict", spy)
+    monkeypatch.setattr(quality, "cpu_count", lambda: 2)
+    features, labels = _clusters()
+    alone = quality.out_of_fold_probabilities(features, labels, len(CLASSES), folds=5, seed=0)
+    # As if these 240 x 32 values were a large set: starting the processes then pays for itself.
+    monkeypatch.setattr(quality, "PARALLEL_FOLDS_FROM", features.size)
+    together = quality.out_of_fold_probabilities(features, labels, len(CLASSES), folds=5, seed=0)
+    assert jobs == [1, 2]
+    assert np.array_equal(alone, together)
+
+
 def test_a_class_smaller_than_the_folds_still_gets_probabilities():
     features, labels = _clusters(per_class=10)
     keep = np.r_[0:30, 30:32]  # class d keeps two images
