@@ -101,7 +101,7 @@ def test_every_figure_equals_scikit_learns_with_absent_and_never_predicted_class
     kwargs = dict(labels=every, target_names=names, zero_division=0, digits=4)
     assert as_dict == sk.classification_report(labels, predicted, output_dict=True, **kwargs)
     theirs = sk.classification_report(labels, predicted, **kwargs)
-    # Where every support is 0 or the predictions miss every image, scikit-learn prints its supports as floats
+    # Where no prediction is right, scikit-learn prints its supports as floats
     # (``3.0``); the report keeps them whole, in the same column.
     theirs = re.sub(r"(\d+)\.0\n", lambda found: found[1].rjust(len(found[0]) - 1) + "\n", theirs)
     assert text == theirs
