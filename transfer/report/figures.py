@@ -49,8 +49,10 @@ def _confusion_panel(figure, axis, matrix: np.ndarray, names: list[str], fmt: st
             axis.text(column, row, format(value, fmt), ha="center", va="center", fontsize=8,
                       color="white" if value > middle else "black")
     ticks = np.arange(len(names))
-    axis.set_xticks(ticks, names, rotation=90 if len(names) > 8 else 45, ha="center" if len(names) > 8 else "right",
-                    rotation_mode="anchor" if len(names) <= 8 else "default")
+    if len(names) > 8:  # upright names, one under each column
+        axis.set_xticks(ticks, names, rotation=90)
+    else:  # slanted names, each ending under its column
+        axis.set_xticks(ticks, names, rotation=45, ha="right", rotation_mode="anchor")
     axis.set_yticks(ticks, names)
 
 
