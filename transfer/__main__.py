@@ -3,5 +3,8 @@
 import sys
 
 from transfer.cli import main
+from transfer.process import freeze_heap
 
-sys.exit(main())
+status = main()
+freeze_heap()  # the process ends next: its exit need not walk TensorFlow's objects
+sys.exit(status)

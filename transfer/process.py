@@ -7,6 +7,7 @@ Below everything else, so that tracking and the served model can use them withou
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import re
 import sys
@@ -120,6 +121,19 @@ def import_tensorflow() -> None:
         import tensorflow  # noqa: F401
     finally:
         sys.meta_path.remove(blocker)
+
+
+def freeze_heap() -> None:
+    """Put every object alive now in the garbage collector's permanent generation (:func:`gc.freeze`), where no
+    later collection walks it.
+
+    For a process that imported TensorFlow and Keras: their millions of import-time objects live as long as the
+    process, yet every full collection walks them, and the interpreter's exit walks them once more (about 1 s of
+    a TensorFlow process's exit on 2 cores, against 0.1 s frozen). Objects made later are collected as usual; a
+    frozen object that later becomes cyclic garbage is only freed with the process, so call it in processes that
+    end, not in a long-lived host.
+    """
+    gc.freeze()
 
 
 def stage_elapsed() -> float:

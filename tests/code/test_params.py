@@ -116,6 +116,7 @@ def test_run_stage_checks_every_section_before_any_work(params_tree, tmp_path, m
     set_param(params_tree, "evaluate.top_k", 0)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_tree))
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("transfer.stage.freeze_heap", lambda: None)  # this worker lives on; a stage's process ends
     worked = []
     with pytest.raises(SystemExit) as exited:
         run_stage("download", lambda: worked.append(True))

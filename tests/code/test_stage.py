@@ -1,7 +1,10 @@
 """How a stage script runs: TensorFlow's native start-up chatter is filtered out of its stderr, nothing else."""
 
+import json
 import subprocess
 import sys
+
+import pytest
 
 from tests.helpers import REPO
 
@@ -74,3 +77,35 @@ def test_a_stage_imports_tensorflow_without_kerass_scikit_learn_and_pandas_yet_c
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "[] (2, 2) 1.0 1"
+
+
+FROZEN = r"""
+import gc, json, sys
+sys.path.insert(0, sys.argv[1])
+import transfer.stage
+from transfer.errors import DataError
+transfer.stage.check_params = lambda: None  # no params.yaml here: the test is about the process, not the params
+made = []
+
+def main():
+    made.append([object() for _ in range(1000)])  # alive at the stage's end
+    if sys.argv[2] == "fail":
+        raise DataError("a user error")
+    return {"images": 3}
+
+try:
+    transfer.stage.run_stage("a-stage", main, tensorflow=False)
+finally:
+    print(json.dumps({"frozen": gc.get_freeze_count()}))
+"""
+
+
+@pytest.mark.parametrize("outcome", ["done", "fail"])
+def test_a_stage_leaves_its_heap_frozen_for_a_quick_exit(tmp_path, outcome):
+    # The interpreter's exit walks every object the collector tracks; a TensorFlow process holds millions.
+    result = subprocess.run([sys.executable, "-c", FROZEN, str(REPO), outcome], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert result.returncode == (0 if outcome == "done" else 2), result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["frozen"] > 1000
+    timing = tmp_path / "reports" / "timings" / "a-stage.json"
+    assert (json.loads(timing.read_text())["images"] == 3) if outcome == "done" else not timing.exists()
