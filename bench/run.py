@@ -119,22 +119,25 @@ def default_repo(work: Path, settings: dict, generated: bool, quick: bool = Fals
     return make_pipeline_repo(work / "default", chosen)
 
 
-def default_pipeline_ratios(work: Path, repo: Path) -> dict:
+def default_pipeline_ratios(work: Path, repo: Path, probe_epochs: int = 2) -> dict:
     """On a reproduced, committed default pipeline: wall times of a head experiment and then a fine-tune
-    experiment, and fine-tune's peak memory."""
+    experiment, and fine-tune's peak memory over ``probe_epochs``."""
     raw = {**experiment(repo, "default_head_exp", ["head.lr=0.002"], HEAD_STAGES),
            **experiment(repo, "finetune_exp", ["fine_tune.lr=0.0002"], ("fine-tune", "evaluate"))}
-    return {**raw, **{f"finetune_rss_{times}x_kib": finetune_peak_rss_kib(repo, work / f"cache{times}x", times)
+    return {**raw, **{f"finetune_rss_{times}x_kib": finetune_peak_rss_kib(repo, work / f"cache{times}x", times,
+                                                                          probe_epochs)
                       for times in (1, 4)}}
 
 
 def quick_pipeline_ratios(work: Path, settings: dict, generated: bool) -> tuple[Path, dict]:
-    """--quick: every pipeline ratio from the one default pipeline (two fine-tune epochs). Its head-only
-    experiment comes last and also sets fine_tune.epochs to 0, so it re-runs the same three stages as the head
-    experiment of a pipeline without fine-tuning. A check that every step runs; its ratios mean little."""
+    """--quick: every pipeline ratio from the one default pipeline (two fine-tune epochs), a check that every step
+    runs; its ratios mean little (one epoch in the memory probes). The head-only figures are the head
+    experiment's, fine-tune epochs included: a third experiment would re-run the same three stages."""
     repo = default_repo(work, settings, generated, quick=True)
-    return repo, {**reproduced(repo), **default_pipeline_ratios(work, repo),
-                  **experiment(repo, "head_exp", ["head.lr=0.003", "fine_tune.epochs=0"], HEAD_STAGES)}
+    raw = {**reproduced(repo), **default_pipeline_ratios(work, repo, probe_epochs=1)}
+    head_only = {key.replace("default_head_exp", "head_exp", 1): value for key, value in raw.items()
+                 if key.startswith("default_head_exp")}
+    return repo, {**raw, **head_only}
 
 
 def _stage_seconds(repo: Path, stages: tuple[str, ...]) -> dict[str, float]:
@@ -168,7 +171,7 @@ model = assemble_classifier(extractor, head)
 unfreeze_top(model, tune.unfreeze)
 cut = split_backbone(backbone_of(single), boundary_layer(backbone_of(model), tune.unfreeze))
 trained, scorer = classifiers(cut, head, mirror=True)
-training = tune.training.__class__(**{**tune.training.__dict__, "epochs": 2})
+training = tune.training.__class__(**{**tune.training.__dict__, "epochs": int(sys.argv[4])})
 compile_with(trained, training, len(labels))
 compile_with(scorer, training, len(labels))
 hot = np.eye(classes, dtype="float32")
@@ -179,8 +182,8 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def finetune_peak_rss_kib(repo: Path, folder: Path, times: int) -> int:
-    """Peak resident memory of a fresh process fine-tuning (two epochs, as the stage trains) from the repository's
+def finetune_peak_rss_kib(repo: Path, folder: Path, times: int, epochs: int = 2) -> int:
+    """Peak resident memory of a fresh process fine-tuning (``epochs``, as the stage trains) from the repository's
     trunk cache with its training images repeated ``times`` over (each view's rows tiled)."""
     import numpy as np
 
@@ -201,7 +204,7 @@ def finetune_peak_rss_kib(repo: Path, folder: Path, times: int) -> int:
     np.save(folder / "train_labels.npy", np.tile(np.load(features / "train_labels.npy"), times))
     np.save(folder / "val_labels.npy", np.load(features / "val_labels.npy"))
     # In the repository: its params name the weights file by a path relative to it (inputs/weights/...).
-    result = subprocess.run([sys.executable, "-c", FINETUNE_RSS_SCRIPT, str(ROOT), str(repo), str(folder)],
+    result = subprocess.run([sys.executable, "-c", FINETUNE_RSS_SCRIPT, str(ROOT), str(repo), str(folder), str(epochs)],
                             capture_output=True, text=True, cwd=repo)
     if result.returncode != 0:
         raise SystemExit(f"error: the fine-tune memory probe failed:\n{result.stderr[-3000:]}")
@@ -323,7 +326,7 @@ def in_process_ratios(repo: Path, epochs: int, quick: bool) -> dict:
 
     # 1. Extraction against the bare forward pass (see extraction_pace), on every photo of the set.
     paths = [*train_paths, *test_paths, *read_split(SPLITS, "val", RAW, classes)[0]]
-    rounds = 2 if quick else 5
+    rounds = 1 if quick else 5
     pace = extraction_pace(extractor, choice.image_size, paths, rounds)
     forward_s = len(train_paths) / pace["forward_images_per_s"]  # one forward pass over the training images
     # The same measurement with a backbone 8x costlier per image (its speed does not depend on its weights,
