@@ -14,8 +14,10 @@ stage logged must match the one recomputed (within 1e-4): the bench checks both,
 The rules: the stage's (the lowest validation loss with ``fine_tune.label_smoothing``, epoch 0 included),
 plain cross-entropy, cross-entropy after a temperature fitted per epoch on validation (it removes the
 difference in confidence between a head trained without label smoothing and epochs trained with it), and
-validation accuracy (cross-entropy breaks ties). Beside them: the head (epoch 0), the last epoch, and the best
-epoch on test in hindsight, which no rule can see.
+validation accuracy (cross-entropy breaks ties). Beside them: the head (epoch 0), the last epoch, the best
+epoch on test in hindsight, which no rule can see, and the head's and the kept epoch's test probabilities
+averaged (an ensemble of the two: what a model holding both tops, the ImageNet one under the head and the
+fine-tuned one, would answer).
 
 Data: the shared 1,000-photo dev set (../shared/assets/flower_photos_dev.tgz) with the shared MobileNetV2
 weights. ``--quick``: generated shapes, random weights, 32 px, two epochs (what the test runs).
@@ -107,6 +109,12 @@ def picks(table: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     return {name: {"epoch": epoch, "test_accuracy": table[epoch]["test_accuracy"]} for name, epoch in chosen.items()}
 
 
+def averaged_with_head(captured: dict, epoch: int) -> dict[str, float]:
+    """The test accuracy of the head's (epoch 0) and ``epoch``'s probabilities averaged, photo by photo."""
+    return {"epoch": epoch, "test_accuracy": accuracy((captured["test"][0] + captured["test"][epoch]) / 2,
+                                                      captured["test_y"])}
+
+
 def capture(repo: Path) -> None:
     """In ``repo`` (train-head done): run the fine-tune stage, keeping each scored epoch's probabilities."""
     import importlib.util
@@ -168,6 +176,7 @@ def measure(repo: Path, probabilities: Path | None, name: str) -> dict[str, obje
     if gap > 1e-4 or chosen[STAGE_RULE]["epoch"] != tuned["best_epoch"]:
         raise SystemExit(f"error: the capture is not the stage's: validation loss off by {gap:.2g}, or epoch "
                          f"{chosen[STAGE_RULE]['epoch']} against the stage's {tuned['best_epoch']}")
+    chosen["head_and_kept_averaged"] = averaged_with_head(captured, tuned["best_epoch"])
     if probabilities is not None:
         probabilities.mkdir(parents=True, exist_ok=True)
         np.savez(probabilities / f"{name}.npz", **captured)

@@ -33,6 +33,18 @@ def test_each_rule_picks_on_validation_alone_and_the_first_of_equals_wins():
     assert chosen["validation_accuracy"]["test_accuracy"] == 0.84
 
 
+def test_the_ensemble_row_averages_the_heads_and_the_kept_epochs_probabilities_photo_by_photo():
+    from bench.epochs import averaged_with_head
+
+    # Photos of class 0 and 1: the head is mildly wrong on the first and sure of the second, epoch 2 the other
+    # way round, so each alone gets one right and their average both.
+    captured = {"test": np.array([[[0.45, 0.55], [0.1, 0.9]],
+                                  [[0.5, 0.5], [0.5, 0.5]],
+                                  [[0.9, 0.1], [0.6, 0.4]]]), "test_y": np.array([0, 1])}
+    assert averaged_with_head(captured, 2) == {"epoch": 2, "test_accuracy": 1.0}
+    assert averaged_with_head(captured, 0)["test_accuracy"] == 0.5  # the head with itself: the head
+
+
 def test_the_losses_are_what_keras_reports_for_a_softmax_and_a_fitted_temperature_never_raises_them():
     import keras
 
@@ -73,6 +85,7 @@ def test_quick_epochs_bench_captures_every_epoch_the_stage_scored_and_agrees_wit
     assert run["picks"]["best_on_test_in_hindsight"]["test_accuracy"] == max(
         row["test_accuracy"] for row in run["epochs"])
     assert set(record["summary"]) == set(run["picks"])
+    assert run["picks"]["head_and_kept_averaged"]["epoch"] == run["stage_kept_epoch"]
     captured = np.load(kept / f"{backbone}_seed0.npz")
     assert captured["val"].shape == (3, len(captured["val_y"]), 3) and captured["test"].shape[1] == 12
     np.testing.assert_allclose(captured["test"].sum(axis=2), 1.0, atol=1e-4)
