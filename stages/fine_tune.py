@@ -19,9 +19,13 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # DVC runs this file as a script.
+
+from transfer.warm import hand_over
+
+hand_over(__name__, __file__)  # into a fork of the warm server that has TensorFlow imported, when one can serve
+
+import numpy as np
 
 from transfer.data.pipeline import augmenter, image_dataset
 from transfer.data.splits import read_classes, read_split

@@ -85,3 +85,31 @@ def pytest_xdist_make_scheduler(config, log):
             return module if module in ONE_WORKER_MODULES else nodeid
 
     return SharedRunsTogether(config, log)
+
+
+def pytest_configure(config):
+    """Stages run through warm servers (transfer/warm.py) as they do for users, but this session's own: in a
+    private folder of its own, idle for at most two minutes, and stopped at its end. Set in the controlling
+    process, before any xdist worker starts, so every worker shares them."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get("TRANSFER_WARM_DIR"):
+        return
+    import tempfile
+
+    # Short: a socket's path must fit in 107 bytes.
+    os.environ["TRANSFER_WARM_DIR"] = tempfile.mkdtemp(prefix="transfer-warm-tests-", dir="/tmp")
+    os.environ.setdefault("TRANSFER_WARM_IDLE", "120")
+    config._warm_folder = os.environ["TRANSFER_WARM_DIR"]
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_warm_folder", None)
+    if folder is None:
+        return
+    import shutil
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "transfer.warm", "stop"], cwd=Path(__file__).resolve().parents[1],
+                   capture_output=True, check=False)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.environ.pop("TRANSFER_WARM_DIR", None)

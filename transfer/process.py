@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 
 _started: float | None = None  # time.time() when the running stage's run_stage began
+# Set in a stage's process forked by a warm server (transfer/warm.py): the pid of the `python stages/x.py` process
+# that handed the stage over, the one DVC started.
+WARM_CLIENT = "TRANSFER_WARM_CLIENT"
 
 # TensorFlow's native start-up chatter, which TF_CPP_MIN_LOG_LEVEL no longer silences (its messages come before
 # absl's logging is initialised): info and warning lines, the line announcing them, the CPU-instructions note,
@@ -151,12 +154,13 @@ def execution_id() -> str | None:
     """Which DVC execution runs this process: the pid and start time of the nearest ``dvc`` process above it.
 
     Every stage of one ``dvc repro`` or ``dvc exp run`` (queued ones too) has the same; a stage restored from
-    DVC's run-cache keeps the one of the execution that ran it. None outside DVC.
+    DVC's run-cache keeps the one of the execution that ran it. None outside DVC. In a stage run by a warm server
+    (transfer/warm.py), the search starts from the process that handed the stage over.
     """
     try:
         import psutil
 
-        process = psutil.Process().parent()
+        process = psutil.Process(int(os.environ.get(WARM_CLIENT) or os.getpid())).parent()
         while process is not None:
             command = process.cmdline()
             if any(Path(part).name == "dvc" for part in command[:3]):

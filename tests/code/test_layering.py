@@ -2,9 +2,9 @@
 each says in its first line what it is for.
 
 From the bottom: the foundations at the top level of ``transfer/`` (errors, io, layout, params and their
-schema, the process, plotting); ``data/``; ``model/``; ``serve/``; ``report/`` (tracking logs the served photo
-model); and the runners at the top level again (validation, which asks the model registry, the stage runner,
-the CLI).
+schema, the process and its warm server, plotting); ``data/``; ``model/``; ``serve/``; ``report/`` (tracking logs
+the served photo model); and the runners at the top level again (validation, which asks the model registry,
+the stage runner, the CLI).
 """
 
 import ast
@@ -15,7 +15,7 @@ from tests.helpers import REPO, transfer_imports
 
 PACKAGE = REPO / "transfer"
 FOUNDATIONS = {"transfer", "transfer.errors", "transfer.io", "transfer.layout", "transfer.params",
-               "transfer.schema", "transfer.process", "transfer.plotting"}
+               "transfer.schema", "transfer.process", "transfer.warm", "transfer.warm_server", "transfer.plotting"}
 RUNNERS = {"transfer.validation", "transfer.stage", "transfer.cli", "transfer.compare", "transfer.__main__"}
 FLOORS = ["foundations", "data", "model", "serve", "report", "runners"]
 MAX_LINES = 350
