@@ -56,6 +56,11 @@ TARGETS = {
     "finetune_exp_vs_tf_import": ("<=", 6.0),
     "finetune_rss_4x_vs_1x": ("<=", 1.2),
     "extract_vs_forward_efficientnetb0": None,  # the same ratio on a backbone 8x costlier per image
+    # The experiments above run their stages in forks of a warm server (transfer/warm.py), as a user's do from
+    # the second TensorFlow stage they run in 15 minutes; the same two experiments with TRANSFER_WARM=0, each
+    # stage a process importing TensorFlow itself, as every stage ran before the server.
+    "head_exp_cold_vs_tf_import": None,
+    "finetune_exp_cold_vs_tf_import": None,
 }
 
 
@@ -75,9 +80,9 @@ def dataset(work: Path, generated: bool) -> tuple[str, dict]:
     }
 
 
-def timed(command: list[str], cwd: Path) -> float:
+def timed(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
-    run(command, cwd)
+    run(command, cwd, env=env)
     return time.perf_counter() - start
 
 
@@ -89,11 +94,12 @@ def reproduced(repo: Path) -> dict:
     return {"full_run_s": full, "noop_repro_s": timed(["dvc", "repro"], repo)}
 
 
-def experiment(repo: Path, name: str, overrides: list[str], stages: tuple[str, ...]) -> dict:
+def experiment(repo: Path, name: str, overrides: list[str], stages: tuple[str, ...], warm: bool = True) -> dict:
     """Wall time of ``dvc exp run -S ...`` and of each stage it re-ran, as the stage records it (from its params
-    check to its last write, TensorFlow's import included, since the stages import it lazily); the rest is DVC's
-    own work and the start of each Python process."""
-    seconds = timed(["dvc", "exp", "run", *(part for override in overrides for part in ("-S", override))], repo)
+    check to its last write; TensorFlow's import included where the stage is not ``warm``, and stages import it
+    lazily); the rest is DVC's own work and the start of each Python process."""
+    seconds = timed(["dvc", "exp", "run", *(part for override in overrides for part in ("-S", override))], repo,
+                    env=None if warm else {"TRANSFER_WARM": "0"})
     return {f"{name}_s": seconds, **{f"{name}_{key}": value for key, value in _stage_seconds(repo, stages).items()}}
 
 
@@ -107,7 +113,8 @@ HEAD_STAGES = ("train-head", "fine-tune", "evaluate")
 
 def pipeline_ratios(repo: Path) -> dict:
     """Wall times of a first full ``dvc repro``, a no-op one, and a head-only experiment."""
-    return {**reproduced(repo), **experiment(repo, "head_exp", ["head.lr=0.002"], HEAD_STAGES)}
+    return {**reproduced(repo), **experiment(repo, "head_exp", ["head.lr=0.002"], HEAD_STAGES),
+            **experiment(repo, "head_exp_cold", ["head.lr=0.003"], HEAD_STAGES, warm=False)}
 
 
 def default_repo(work: Path, settings: dict, generated: bool, quick: bool = False) -> Path:
@@ -123,7 +130,8 @@ def default_pipeline_ratios(work: Path, repo: Path, probe_epochs: int = 2) -> di
     """On a reproduced, committed default pipeline: wall times of a head experiment and then a fine-tune
     experiment, and fine-tune's peak memory over ``probe_epochs``."""
     raw = {**experiment(repo, "default_head_exp", ["head.lr=0.002"], HEAD_STAGES),
-           **experiment(repo, "finetune_exp", ["fine_tune.lr=0.0002"], ("fine-tune", "evaluate"))}
+           **experiment(repo, "finetune_exp", ["fine_tune.lr=0.0002"], ("fine-tune", "evaluate")),
+           **experiment(repo, "finetune_exp_cold", ["fine_tune.lr=0.0001"], ("fine-tune", "evaluate"), warm=False)}
     return {**raw, **{f"finetune_rss_{times}x_kib": finetune_peak_rss_kib(repo, work / f"cache{times}x", times,
                                                                           probe_epochs)
                       for times in (1, 4)}}
@@ -134,7 +142,8 @@ def quick_pipeline_ratios(work: Path, settings: dict, generated: bool) -> tuple[
     runs; its ratios mean little (one epoch in the memory probes). The head-only figures are the head
     experiment's, fine-tune epochs included: a third experiment would re-run the same three stages."""
     repo = default_repo(work, settings, generated, quick=True)
-    raw = {**reproduced(repo), **default_pipeline_ratios(work, repo, probe_epochs=1)}
+    raw = {**reproduced(repo), **default_pipeline_ratios(work, repo, probe_epochs=1),
+           **experiment(repo, "head_exp_cold", ["head.lr=0.003"], HEAD_STAGES, warm=False)}
     head_only = {key.replace("default_head_exp", "head_exp", 1): value for key, value in raw.items()
                  if key.startswith("default_head_exp")}
     return repo, {**raw, **head_only}
@@ -421,6 +430,8 @@ def ratios(raw: dict, rss_1x: int, rss_4x: int) -> dict[str, float]:
         "head_exp_default_vs_tf_import": raw["default_head_exp_s"] / raw["tf_import_s"],
         "finetune_exp_vs_tf_import": raw["finetune_exp_s"] / raw["tf_import_s"],
         "finetune_rss_4x_vs_1x": raw["finetune_rss_4x_kib"] / raw["finetune_rss_1x_kib"],
+        "head_exp_cold_vs_tf_import": raw["head_exp_cold_s"] / raw["tf_import_s"],
+        "finetune_exp_cold_vs_tf_import": raw["finetune_exp_cold_s"] / raw["tf_import_s"],
     }
 
 
@@ -447,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     epochs = 3 if args.quick else 6
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         work = Path(scratch)
+        # The bench's own warm stage servers, stopped at its end (DVC passes the variables on to the stages).
+        os.environ["TRANSFER_WARM_DIR"] = str(work / "warm")
+        os.environ.pop("TRANSFER_WARM", None)
         name, settings = dataset(work, args.generated)
         if args.quick:
             repo, raw = quick_pipeline_ratios(work, settings, args.generated)
@@ -466,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         rss_1x, rss_4x = peak_rss_kib(paths_file, 1, settings), peak_rss_kib(paths_file, 4, settings)
         raw.update(rss_1x_kib=rss_1x, rss_4x_kib=rss_4x)
         os.chdir(ROOT)  # in_process_ratios worked inside the temporary repository
+        run([sys.executable, "-m", "transfer.warm", "stop"], ROOT)
     table = verdicts(ratios(raw, rss_1x, rss_4x))
     measured = {key: round(value, 4) if isinstance(value, float) else value for key, value in raw.items()}
     results = {"dataset": name, "backbone": settings["backbone"], "quick": args.quick,

@@ -87,6 +87,8 @@ def _handle(connection: socket.socket) -> dict:
     while len(data) < 8 or len(data) < 8 + int.from_bytes(data[:8], "big"):
         chunk = connection.recv(1 << 20)
         if not chunk:
+            # os._exit, private by its name: the handler ends without the interpreter's shutdown, whose atexit
+            # hooks and heap are the server's (so below too).
             os._exit(1)
         data += chunk
     request = json.loads(data[8:])
@@ -100,6 +102,7 @@ def _handle(connection: socket.socket) -> dict:
         os.close(fd)
     connection.sendall(f"started {stage}\n".encode())
     _watch(connection, stage)
+    # os._exit (private by its name), as above
     os._exit(0)
 
 

@@ -172,7 +172,9 @@ def test_the_server_outlives_its_stages_and_leaves_no_process_behind(project):
     assert _probe(project, "0").returncode == 0
     assert _server_pids(servers) == [pid]
     deadline = time.time() + 10
-    while psutil.Process(pid).children():  # each stage's handler ends right after its stage
+    # Each stage's handler ends right after its stage, by os._exit: without the server's atexit hooks, which would
+    # have printed or hung here, and without returning into the server's loop.
+    while psutil.Process(pid).children():
         assert time.time() < deadline, psutil.Process(pid).children()
         time.sleep(0.05)
 
