@@ -71,12 +71,12 @@ def environment_key(package: Path, script: str) -> str:
     experiments too) shares the server."""
     import resource
 
+    project = {os.path.realpath(package.parent), os.path.realpath(os.path.dirname(script))}
     keras_home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
     config = keras_home / "keras.json"
     facts = {
         "python": [sys.executable, sys.version, repr(sys.flags)],
-        "path": [(entry, _mtime(entry)) for entry in sys.path
-                 if os.path.abspath(entry or ".") not in (str(package.parent), os.path.dirname(script))],
+        "path": [(entry, _mtime(entry)) for entry in sys.path if os.path.realpath(entry or ".") not in project],
         "code": [hashlib.sha256((package / name).read_bytes()).hexdigest() for name in _CODE],
         "env": sorted((name, value) for name, value in os.environ.items() if name.startswith(KEYED_PREFIXES)),
         "keras_config": config.read_text() if config.is_file() else None,

@@ -192,6 +192,16 @@ def test_another_environment_gets_another_server_and_an_idle_one_exits(project):
         time.sleep(0.2)
 
 
+def test_copies_of_the_project_share_a_server(project, tmp_path):
+    root, servers = project
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert _probe(project, "0").returncode == 0
+    before = sorted(servers.glob("*.sock"))
+    result = _probe(project, "0", cwd=copy)
+    assert _facts(result)["tf_at_start"] and sorted(servers.glob("*.sock")) == before
+
+
 def test_the_key_ignores_what_the_import_never_reads(monkeypatch):
     package = REPO / "transfer"
     script = str(REPO / "stages" / "evaluate.py")
