@@ -11,9 +11,9 @@ caller dies is stopped. What the fork inherits is the server's state just after 
 
 A server serves one environment: its key covers the interpreter and its flags, the installed packages (each
 ``sys.path`` folder's modification time), this module's and the import's own code, the variables read at import
-(TF_, KERAS_, CUDA_, XLA_, PYTHON, LD_, LC_, LANG, OMP_, MKL_, MPL...), Keras' config file, the resource limits,
-the niceness and the CPU affinity. Anything else gives another server. A server exits after ``TRANSFER_WARM_IDLE``
-seconds without a stage (900 by default).
+(TF_, KERAS_, CUDA_, XLA_, PYTHON, LD_, LC_, LANG, OMP_, MKL_, MPL...), Keras' config file, the resource limits, the
+niceness, the CPU affinity and the control group. Anything else gives another server. A server exits after
+``TRANSFER_WARM_IDLE`` seconds without a stage (900 by default).
 
     TRANSFER_WARM=0          run each stage in its own process, importing TensorFlow itself
     TRANSFER_WARM_DIR=...    where the servers' sockets live (default: a private folder in the runtime dir)
@@ -83,8 +83,18 @@ def environment_key(package: Path, script: str) -> str:
         "limits": [resource.getrlimit(getattr(resource, name)) for name in dir(resource) if name.startswith("RLIMIT_")],
         "nice": os.nice(0),
         "cpus": sorted(os.sched_getaffinity(0)),
+        # A batch job's or a systemd scope's control group: a stage forked by a server outside it would escape its
+        # limits and accounting, and end with the job that started the server.
+        "cgroup": _read("/proc/self/cgroup"),
     }
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
 
 
 def _mtime(entry: str) -> int | None:
