@@ -49,8 +49,21 @@ def mark_forked() -> None:
 
 
 def enabled() -> bool:
-    return (sys.platform == "linux" and os.environ.get(SWITCH, "1") != "0" and not _in_fork
+    switch = os.environ.get(SWITCH, "1").strip().lower()
+    return (sys.platform == "linux" and switch not in ("0", "false", "no", "off") and not _in_fork
             and hasattr(socket, "send_fds"))
+
+
+def idle_seconds() -> float:
+    """``TRANSFER_WARM_IDLE``: how long a server waits for a stage before it exits (900 s by default)."""
+    value = os.environ.get(IDLE, "900")
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"{IDLE} = {value!r} is invalid: expected the seconds a stage server waits, a number > 0")
+    return seconds
 
 
 def folder() -> Path:
@@ -112,9 +125,9 @@ def hand_over(name: str, script: str) -> None:
         return
     package, script = Path(__file__).resolve().parent, os.path.abspath(script)
     try:
-        path = folder() / f"{environment_key(package, script)}.sock"
-        connection = _connect(path) or _start_and_connect(path, package.parent)
-    except OSError as error:
+        idle, path = idle_seconds(), folder() / f"{environment_key(package, script)}.sock"
+        connection = _connect(path) or _start_and_connect(path, package.parent, idle)
+    except (OSError, ValueError) as error:
         print(f"transfer.warm: running here: the stage server is unavailable ({error})", file=sys.stderr)
         return
     if connection is None:
@@ -132,14 +145,14 @@ def _connect(path: Path) -> socket.socket | None:
     return client
 
 
-def _start_and_connect(path: Path, root: Path) -> socket.socket | None:
+def _start_and_connect(path: Path, root: Path, idle: float) -> socket.socket | None:
     """Start a server for ``path`` and wait for its import; None where it fails (this process runs the stage)."""
     import subprocess
 
-    idle = os.environ.get(IDLE, "900")
     with open(path.with_suffix(".log"), "wb") as log:
         server = subprocess.Popen(
-            [sys.executable, "-c", "import transfer.warm_server as server; server.serve()", str(path), str(root), idle],
+            [sys.executable, "-c", "import transfer.warm_server as server; server.serve()", str(path), str(root),
+             str(idle)],
             cwd=root, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:

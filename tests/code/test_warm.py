@@ -108,10 +108,18 @@ def test_errors_and_exit_statuses_pass_through(project):
     assert _probe(project, "0").returncode == 0
 
 
-def test_the_off_switch_runs_the_stage_in_its_own_process(project):
-    result = _probe(project, "0", TRANSFER_WARM="0")
+@pytest.mark.parametrize("switch", ["0", "false", "off"])
+def test_the_off_switch_runs_the_stage_in_its_own_process(project, switch):
+    result = _probe(project, "0", TRANSFER_WARM=switch)
     facts = _facts(result)
     assert not facts["tf_at_start"] and facts["client"] is None
+    assert result.stderr == "to stderr\n"
+
+
+def test_a_bad_idle_time_is_named_and_the_stage_runs_here(project):
+    result = _probe(project, "0", TRANSFER_WARM_IDLE="soon")
+    assert result.returncode == 0 and not _facts(result)["tf_at_start"]
+    assert "TRANSFER_WARM_IDLE = 'soon' is invalid: expected the seconds a stage server waits" in result.stderr
 
 
 def test_the_stage_runs_the_projects_code_as_it_is_now(project):
