@@ -231,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 lock.seek(0)
-                pid = int(lock.read().split()[0])
+                written = lock.read().split()
+                if not written:  # a server that has just taken its lock and not yet written its pid
+                    continue
+                pid = int(written[0])
                 servers += 1
                 if command[0] == "stop":
                     lock_path.with_suffix(".sock").unlink(missing_ok=True)
