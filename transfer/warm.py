@@ -7,7 +7,8 @@ environment, umask and standard streams (the file descriptors themselves), and t
 runs the script as ``python stages/x.py`` would, from the project's current code, then passes back its exit
 status, or the signal that ended it. Signals sent to the stage's process go on to that fork, and a stage whose
 caller dies is stopped. What the fork inherits is the server's state just after its import: no project module
-(they are imported afresh from the stage's folder), no thread but the BLAS pool, no device touched.
+(they are imported afresh from the stage's folder), no thread but the BLAS pool, no device touched. The commands
+of ``python -m transfer`` that load a model (predict, export) hand themselves over too, as a module.
 
 A server serves one environment: its key covers the interpreter and its flags, the installed packages (each
 ``sys.path`` folder's modification time), this module's and the import's own code, the variables read at import
@@ -78,13 +79,14 @@ def folder() -> Path:
     return base
 
 
-def environment_key(package: Path, script: str) -> str:
+def environment_key(package: Path, script: str, leave_out: str | None = None) -> str:
     """A digest of everything that the server's import depends on (see the module's docstring). The project's
     own folders on ``sys.path`` are left out, so every copy of the project (DVC's temporary ones for queued
-    experiments too) shares the server."""
+    experiments too) shares the server; so is ``leave_out``, a folder whose files change as work goes on."""
     import resource
 
-    project = {os.path.realpath(package.parent), os.path.realpath(os.path.dirname(script))}
+    project = {os.path.realpath(folder) for folder in (package.parent, os.path.dirname(script), leave_out or "")
+               if folder}
     keras_home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
     config = keras_home / "keras.json"
     facts = {
@@ -117,22 +119,27 @@ def _mtime(entry: str) -> int | None:
         return None
 
 
-def hand_over(name: str, script: str) -> None:
+def hand_over(name: str, script: str, module: str | None = None) -> None:
     """In a stage script run as ``__main__``: run it in a fork of the warm server for this environment and exit
     with its status. Returns, and the script runs here, where the server is off (``TRANSFER_WARM=0``), not
-    Linux, inside a fork already, or cannot be reached or started."""
+    Linux, inside a fork already, or cannot be reached or started.
+
+    With ``module`` (a package's ``__main__.py`` run by ``python -m module``), the fork runs that module with this
+    process's ``sys.path``, as ``-m`` would; the folder ``-m`` put first (the working one) stays out of the key.
+    """
     if name != "__main__" or not enabled():
         return
     package, script = Path(__file__).resolve().parent, os.path.abspath(script)
     try:
-        idle, path = idle_seconds(), folder() / f"{environment_key(package, script)}.sock"
+        leave_out = sys.path[0] if module else None
+        idle, path = idle_seconds(), folder() / f"{environment_key(package, script, leave_out)}.sock"
         connection = _connect(path) or _start_and_connect(path, package.parent, idle)
     except (OSError, ValueError) as error:
         print(f"transfer.warm: running here: the stage server is unavailable ({error})", file=sys.stderr)
         return
     if connection is None:
         return
-    sys.exit(_run_remotely(connection, script))
+    sys.exit(_run_remotely(connection, script, module))
 
 
 def _connect(path: Path) -> socket.socket | None:
@@ -167,12 +174,12 @@ def _start_and_connect(path: Path, root: Path, idle: float) -> socket.socket | N
     return None
 
 
-def _run_remotely(connection: socket.socket, script: str) -> int:
+def _run_remotely(connection: socket.socket, script: str, module: str | None) -> int:
     """Send the request, pass signals on, and return the exit status of the fork that ran the stage (or end this
     process by the signal that ended it)."""
     sent = [fd for fd in STDIO if _is_open(fd)]
-    body = json.dumps({"script": script, "argv": sys.argv, "cwd": os.getcwd(), "env": dict(os.environ),
-                       "umask": _umask(), "client": os.getpid(), "fds": sent}).encode()
+    body = json.dumps({"script": script, "module": module, "path": sys.path, "argv": sys.argv, "cwd": os.getcwd(),
+                       "env": dict(os.environ), "umask": _umask(), "client": os.getpid(), "fds": sent}).encode()
     message = len(body).to_bytes(8, "big") + body
     done = socket.send_fds(connection, [message], sent)
     connection.sendall(message[done:])

@@ -164,7 +164,10 @@ def _become_stage(request: dict) -> None:
     os.environ.update(request["env"])
     os.environ[WARM_CLIENT] = str(request["client"])
     sys.argv = request["argv"]
-    sys.path[0] = os.path.dirname(request["script"])
+    if request.get("module"):
+        sys.path[:] = request["path"]
+    else:
+        sys.path[0] = os.path.dirname(request["script"])
     for name in [name for name in sys.modules if name.partition(".")[0] == "transfer"
                  and name not in (__name__, "transfer.warm")]:
         del sys.modules[name]
@@ -176,7 +179,10 @@ def _become_stage(request: dict) -> None:
     np.random.seed()
     import runpy
 
-    runpy.run_path(request["script"], run_name="__main__")
+    if request.get("module"):
+        runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+    else:
+        runpy.run_path(request["script"], run_name="__main__")
 
 
 def _reopen_stdio() -> None:

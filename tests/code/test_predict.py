@@ -106,6 +106,20 @@ def test_the_command_line(model_path, photos, tmp_path):
         "stage that trains it first"
 
 
+def test_the_command_line_writes_the_same_predictions_in_the_warm_server_and_in_its_own_process(
+        model_path, photos, tmp_path):
+    """``predict`` hands itself over to the warm stage server, as the stages do (tests/code/test_warm.py)."""
+    written = {}
+    for switch in ("1", "0"):
+        out = tmp_path / f"warm{switch}.csv"
+        result = subprocess.run([sys.executable, "-m", "transfer", "predict", str(model_path), str(photos),
+                                 "--out", str(out), "--tta"], cwd=REPO, capture_output=True, text=True,
+                                env={**os.environ, "TRANSFER_WARM": switch})
+        assert result.returncode == 0, result.stderr
+        written[switch] = out.read_bytes()
+    assert written["1"] == written["0"]
+
+
 def test_every_command_explains_its_options():
     for command in ([], ["predict"], ["export"]):
         result = subprocess.run([sys.executable, "-m", "transfer", *command, "--help"], cwd=REPO,

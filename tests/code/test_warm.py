@@ -47,6 +47,20 @@ if action == "raise":
 sys.exit(int(action))
 '''
 
+# A package run by ``python -m probe_package``, as ``python -m transfer predict`` hands itself over.
+PROBE_MODULE = '''
+import json, os, sys
+import psutil
+from transfer.warm import hand_over
+hand_over(__name__, __file__, module="probe_package")
+import probe_package.helper
+print(json.dumps({"tf_at_start": "tensorflow" in sys.modules, "argv": sys.argv, "cwd": os.getcwd(),
+                  "path": sys.path, "helper": probe_package.helper.NAME,
+                  "server": psutil.Process(os.getppid()).ppid() if "tensorflow" in sys.modules else None}),
+      flush=True)
+sys.exit(int(sys.argv[1]))
+'''
+
 
 @pytest.fixture(scope="module")
 def project():
@@ -56,6 +70,10 @@ def project():
     shutil.copytree(REPO / "transfer", root / "transfer", ignore=shutil.ignore_patterns("__pycache__"))
     (root / "stages").mkdir()
     (root / "stages" / "probe.py").write_text(PROBE)
+    (root / "probe_package").mkdir()
+    (root / "probe_package" / "__init__.py").write_text("")
+    (root / "probe_package" / "__main__.py").write_text(PROBE_MODULE)
+    (root / "probe_package" / "helper.py").write_text("NAME = 'helper'\n")
     servers = Path(tempfile.mkdtemp(prefix="tw-", dir="/tmp"))
     yield root, servers
     subprocess.run([sys.executable, "-m", "transfer.warm", "stop"], cwd=root, env=_env(servers), check=False,
@@ -239,3 +257,26 @@ def test_stop_ends_every_server_and_a_shared_folder_is_refused(project, tmp_path
     result = _probe(project, "0", TRANSFER_WARM_DIR=str(shared))
     assert result.returncode == 0 and not _facts(result)["tf_at_start"]
     assert "must belong to this user and be private" in result.stderr
+
+
+def test_a_module_run_with_dash_m_runs_in_a_fork_with_its_own_path_and_argv(project, tmp_path):
+    """``python -m package`` handed over: the fork runs the package's __main__ with the caller's sys.path and
+    argv; the folder ``-m`` puts first (the working one, whose files change) stays out of the server's key."""
+    root, servers = project
+    stage_server = _facts(_probe(project, "0"))["server"]
+    facts = []
+    for run in range(2):
+        (tmp_path / f"written{run}.csv").write_text("a file the last run left in the working folder\n")
+        result = subprocess.run([sys.executable, "-m", "probe_package", "4", "more"], cwd=tmp_path,
+                                env=_env(servers, PYTHONPATH=str(root)), capture_output=True, text=True, timeout=240)
+        assert result.returncode == 4, result.stderr
+        facts.append(_facts(result))
+    assert facts[0]["tf_at_start"] and facts[0]["helper"] == "helper"
+    assert facts[0]["argv"] == [str(root / "probe_package" / "__main__.py"), "4", "more"]
+    assert facts[0]["cwd"] == str(tmp_path) and facts[0]["path"][:2] == [str(tmp_path), str(root)]
+    assert facts[1]["server"] == facts[0]["server"], "the working folder's changes keep the server"
+    assert facts[0]["server"] != stage_server, "PYTHONPATH is part of the key"
+    from_root = subprocess.run([sys.executable, "-m", "probe_package", "0"], cwd=root, env=_env(servers),
+                               capture_output=True, text=True, timeout=240)
+    assert _facts(from_root)["tf_at_start"] and _facts(from_root)["server"] == stage_server, \
+        "run from the project, it shares the stages' server"
