@@ -85,8 +85,7 @@ def environment_key(package: Path, script: str, leave_out: str | None = None) ->
     experiments too) shares the server; so is ``leave_out``, a folder whose files change as work goes on."""
     import resource
 
-    project = {os.path.realpath(folder) for folder in (package.parent, os.path.dirname(script), leave_out or "")
-               if folder}
+    project = {os.path.realpath(entry) for entry in (package.parent, os.path.dirname(script), leave_out) if entry}
     keras_home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
     config = keras_home / "keras.json"
     facts = {

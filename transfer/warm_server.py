@@ -164,10 +164,6 @@ def _become_stage(request: dict) -> None:
     os.environ.update(request["env"])
     os.environ[WARM_CLIENT] = str(request["client"])
     sys.argv = request["argv"]
-    if request.get("module"):
-        sys.path[:] = request["path"]
-    else:
-        sys.path[0] = os.path.dirname(request["script"])
     for name in [name for name in sys.modules if name.partition(".")[0] == "transfer"
                  and name not in (__name__, "transfer.warm")]:
         del sys.modules[name]
@@ -179,9 +175,11 @@ def _become_stage(request: dict) -> None:
     np.random.seed()
     import runpy
 
-    if request.get("module"):
+    if request.get("module"):  # python -m: the caller's whole sys.path, its working folder first
+        sys.path[:] = request["path"]
         runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
     else:
+        sys.path[0] = os.path.dirname(request["script"])
         runpy.run_path(request["script"], run_name="__main__")
 
 
