@@ -134,7 +134,7 @@ def main() -> None:
              "without them" if positions and metrics["accuracy_without_leaked"] is not None else "")
 
     # The whole execution becomes one MLflow run, gathered from the files every stage left.
-    run_id = log_execution(collect_execution(model, input_size(model)))
+    run_id = log_execution(collect_execution(model, input_size(model), MODEL))
     write_json(TRACKING_RECORD, {"run_id": run_id, "tracking_uri": tracking_uri() if run_id else None})
     run_recorded()
 

@@ -1,6 +1,7 @@
 """MLflow tracking against a real SQLite store: one complete run per execution, and never a lost result."""
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,6 +71,33 @@ def test_a_run_carries_params_metrics_curves_artifacts_and_a_loadable_model(stor
     np.testing.assert_allclose(np.asarray(loaded.predict(images)), np.asarray(model(images)), rtol=1e-5, atol=1e-6)
     second = tracking.log_execution(_record(store / "again"))
     assert len(client.search_runs([run.info.experiment_id])) == 2 and second != run_id
+
+
+def test_a_model_loaded_from_a_file_is_logged_as_that_file_byte_for_byte(store, monkeypatch):
+    """Evaluate's model comes from models/model.keras: the run holds that very file (the one DVC tracks), copied,
+    not saved a second time, and it still loads and scores as the model does."""
+    import hashlib
+
+    import mlflow
+
+    from transfer.model.classifier import load_model, save_model
+
+    monkeypatch.chdir(store)
+    extractor = build_feature_extractor(resolve(BackboneParams("mobilenetv2_0.35", "none", (32, 32))))
+    saved = store / "models" / "model.keras"
+    save_model(assemble_classifier(extractor, build_head(1280, 3, [], 0.0, False)), saved, ["a", "b", "c"])
+    model, _ = load_model(saved)
+    run_id = tracking.log_execution({**_record(store, model), "model_path": saved})
+    assert run_id
+    assert "save" not in vars(model), "the model's own save is back once the run is logged"
+    logged = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", tracking_uri=tracking.tracking_uri(),
+                                                      dst_path=str(store / "download")))
+    files = list(logged.rglob("*.keras"))
+    assert len(files) == 1
+    assert hashlib.sha256(files[0].read_bytes()).digest() == hashlib.sha256(saved.read_bytes()).digest()
+    loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    images = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(loaded.predict(images)), np.asarray(model(images)), rtol=1e-5, atol=1e-6)
 
 
 def test_an_unreachable_server_is_a_warning_not_a_failure(store, monkeypatch, caplog):

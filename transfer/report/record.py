@@ -78,13 +78,15 @@ def timing_metrics(folder: Path, current: str | None, evaluating: float) -> tupl
     return metrics, ran
 
 
-def collect_execution(model=None, model_input_size: tuple[int, int] | None = None) -> dict[str, Any]:
+def collect_execution(model=None, model_input_size: tuple[int, int] | None = None,
+                      model_path: Path | None = None) -> dict[str, Any]:
     """Everything one execution left in its files, as the record :func:`log_execution` logs.
 
     Test metrics go in as they are; each training stage's final validation figures as ``head_*`` and
     ``fine_tune_*``, and its per-epoch history as the step metrics ``head_epoch_*`` and ``fine_tune_epoch_*``;
     each stage's wall time as ``<stage>_seconds`` and extraction throughput as
-    ``extract_features_images_per_second``.
+    ``extract_features_images_per_second``. ``model_path``: the saved file ``model`` was loaded from, logged as
+    it is.
     """
     # Read as the stages read it (YAML 1.2, DVC's reading), so the run shows the values the stages used.
     tree = read_params_file(PARAMS_FILE)
@@ -112,6 +114,7 @@ def collect_execution(model=None, model_input_size: tuple[int, int] | None = Non
         "artifacts": artifacts,
         "model": model,
         "model_input_size": model_input_size,
+        "model_path": model_path,
         # The stages this execution ran (not those DVC found up to date or restored), evaluate so far included.
         "duration_seconds": ran + stage_elapsed(),
     }

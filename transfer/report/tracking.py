@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
@@ -108,15 +109,35 @@ def _log(mlflow, run_name: str, record: dict[str, Any]) -> str:
             # The signature from the shapes: predicting on an example would trace the model once more (seconds).
             example = np.zeros((1, *record["model_input_size"], 3), dtype="float32")
             signature = infer_signature(example, np.zeros((1, int(model.output_shape[-1])), dtype="float32"))
-            mlflow.tensorflow.log_model(
-                model,
-                name="model",
-                signature=signature,
-                # Stated, not inferred: inference reloads the model in a subprocess, which costs minutes.
-                pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
-            )
+            with _saved_as(model, record.get("model_path")):
+                mlflow.tensorflow.log_model(
+                    model,
+                    name="model",
+                    signature=signature,
+                    # Stated, not inferred: inference reloads the model in a subprocess, which costs minutes.
+                    pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
+                )
             _log_photo_model(record)
         return run.info.run_id
+
+
+@contextlib.contextmanager
+def _saved_as(model, path: str | Path | None):
+    """While MLflow logs ``model``, saving it copies ``path``, the file it was loaded from, instead of writing it
+    anew (about a second on MobileNetV2, more on larger backbones): the run's Keras model is then the very file
+    that DVC tracks, byte for byte. Without a file (a model built in memory), MLflow saves it as usual."""
+    if path is None or not Path(path).is_file():
+        yield
+        return
+
+    def copy(target, *args, **kwargs) -> None:
+        shutil.copyfile(path, target)
+
+    model.save = copy  # this instance only; MLflow's Keras flavour calls model.save(path)
+    try:
+        yield
+    finally:
+        del model.save
 
 
 def _unrecorded_run(client, content: str) -> str | None:
@@ -217,8 +238,9 @@ _opening: threading.Thread | None = None  # see open_store_early
 def open_store_early() -> None:
     """Import MLflow and open the local tracking store in a background thread, never raising.
 
-    Importing MLflow and opening its SQLite store take about 3 s of Python; started while the stage's
-    TensorFlow work runs (which releases the interpreter lock), they overlap it instead of following it.
+    Importing MLflow, opening its SQLite store and building its map of installed packages (which logging a
+    model reads) take about 3 s of Python; started while the stage's TensorFlow work runs (which releases the
+    interpreter lock), they overlap it instead of following it.
     :func:`log_execution` waits for the thread, and the store it opened is MLflow's own cached one. Only the
     local default store: a server is left to :func:`log_execution`, whose time-outs and warning cover it.
     """
@@ -233,6 +255,11 @@ def open_store_early() -> None:
 
             with _one_writer(uri):  # the store's tables may be created here: one process at a time
                 mlflow.MlflowClient(uri).search_experiments(max_results=1)
+            # Logging a model checks its stated requirements against the installed packages, from a map of every
+            # installed package's modules that MLflow builds once per process (a third of a second): built now.
+            from mlflow.utils.requirements_utils import _init_modules_to_packages_map
+
+            _init_modules_to_packages_map()
         except Exception:  # noqa: BLE001 - only a head start: log_execution opens the store itself and warns
             pass
 
@@ -245,7 +272,8 @@ def log_execution(record: dict[str, Any]) -> str | None:
 
     Args:
         record: ``params`` (flat), ``metrics`` (flat), ``histories`` ({prefix: per-epoch rows}), ``tags``,
-            ``artifacts`` (file paths), and optionally ``model`` with ``model_input_size`` (height, width).
+            ``artifacts`` (file paths), and optionally ``model`` with ``model_input_size`` (height, width) and
+            ``model_path``, the saved file it was loaded from (logged as it is; else MLflow saves the model).
 
     Returns:
         The run id, or None when tracking failed (a warning says why).
