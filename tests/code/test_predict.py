@@ -77,6 +77,32 @@ def test_tta_averages_each_image_with_its_mirror(model_path, photos, tmp_path):
         np.testing.assert_allclose([float(row[name]) for name in CLASSES], both.mean(axis=0), atol=1e-5)
 
 
+def test_a_model_scored_twice_is_traced_once_and_scores_its_current_weights(shapes_folder, monkeypatch):
+    """Evaluate scores test, then val for temperature scaling: one trace serves both; another model, or the same
+    model with new weights, still scores as itself."""
+    from transfer.model import features
+    from transfer.serve import predict
+
+    traced = []
+    real = features.compiled_forward
+    monkeypatch.setattr(features, "compiled_forward", lambda model, size: traced.append(model) or real(model, size))
+    paths = sorted(str(path) for path in (shapes_folder / "circle").glob("*"))[:6]
+    images = np.stack([load_image(path, (32, 32)).numpy() for path in paths])
+    first, second = tiny_classifier(), tiny_classifier(seed=1)
+    once = predict.class_probabilities(first, paths, 4)
+    again = predict.class_probabilities(first, paths[:3], 4, tta=True)
+    assert traced == [first], "the second scoring reuses the first one's trace"
+    np.testing.assert_allclose(once, first.predict(images, verbose=0), atol=1e-5)
+    mirrored = (first.predict(images[:3], verbose=0) + first.predict(images[:3, :, ::-1], verbose=0)) / 2
+    np.testing.assert_allclose(again, mirrored, atol=1e-5)
+    np.testing.assert_allclose(predict.class_probabilities(second, paths, 4), second.predict(images, verbose=0),
+                               atol=1e-5)
+    first.set_weights([weight * 0.5 for weight in first.get_weights()])
+    np.testing.assert_allclose(predict.class_probabilities(first, paths, 4), first.predict(images, verbose=0),
+                               atol=1e-5)
+    assert traced == [first, second, first]
+
+
 def test_inputs_are_files_folders_and_globs(photos):
     assert [path.name for path in expand_inputs([str(photos / "png_named.jpg")])] == ["png_named.jpg"]
     globbed = expand_inputs([str(photos / "batch" / "*.png")])
