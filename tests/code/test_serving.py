@@ -1,4 +1,4 @@
-"""The served photo model's reliance on MLflow (the end-to-end serving is tests/e2e/test_serving.py)."""
+"""The served photo model's reliance on MLflow and its scoring (the end-to-end serving is tests/e2e/test_serving.py)."""
 
 
 def test_mlflow_still_honours_the_served_models_type_hint_switch():
@@ -22,3 +22,28 @@ def test_mlflow_still_honours_the_served_models_type_hint_switch():
 
     hints = [str(warning.message) for warning in caught if "type hints" in str(warning.message)]
     assert len(hints) == 1, hints  # Checked's; none for the served model
+
+
+def test_requests_to_one_served_model_share_one_trace_and_score_as_the_model(shapes_folder, monkeypatch):
+    """Each request is scored through the model's traced forward pass, traced at the first request only; the
+    answers are the model's own probabilities for the decoded, resized images."""
+    import numpy as np
+
+    from tests.helpers import tiny_classifier
+    from transfer.data.pipeline import load_image
+    from transfer.model import features
+    from transfer.serve.serving import classify_bytes
+
+    traced = []
+    real = features.compiled_forward
+    monkeypatch.setattr(features, "compiled_forward", lambda model, size: traced.append(model) or real(model, size))
+    model, classes = tiny_classifier(seed=3), ["triangle", "circle", "square"]
+    photos = sorted((shapes_folder / "square").glob("*.png"))[:3]
+    first = classify_bytes(model, classes, (32, 32), [photos[0].read_bytes()])
+    second = classify_bytes(model, classes, (32, 32), [path.read_bytes() for path in photos] + [b"not an image"])
+    assert traced == [model]
+    expected = model.predict(np.stack([load_image(str(path), (32, 32)).numpy() for path in photos]), verbose=0)
+    np.testing.assert_allclose(second[classes].iloc[:3].to_numpy(dtype=float), expected, atol=1e-5)
+    np.testing.assert_allclose(first[classes].iloc[0].to_numpy(dtype=float), expected[0], atol=1e-5)
+    assert list(second["label"][:3]) == [classes[i] for i in expected.argmax(axis=1)]
+    assert second["error"][3] != "" and second["label"][3] == ""

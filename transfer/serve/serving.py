@@ -105,8 +105,12 @@ def classify_bytes(model, classes: list[str], size: tuple[int, int], images: lis
 
     from transfer.data.images import decode_problem, exif_orientation
     from transfer.data.pipeline import decode_resized
-    from transfer.serve.predict import probability_columns
+    from transfer.serve.predict import probability_columns, traced_forward
 
+    # Traced once per process, at the first request (which took 1.0 s against 0.3), then faster than Keras' eager
+    # call: on MobileNetV2 0.35 at 288 px, a request of one photo took 20 to 25 ms against 113 to 159, of 32 photos
+    # 0.33 to 0.39 s against 0.55 to 0.61 (decoding included).
+    forward = traced_forward(model, size)
     data, problems = [], []
     for cell in images:
         encoded, problem = image_bytes(cell)
@@ -117,7 +121,7 @@ def classify_bytes(model, classes: list[str], size: tuple[int, int], images: lis
     for start in range(0, len(good), BATCH):
         chosen = good[start : start + BATCH]
         batch = tf.stack([decode_resized(data[i], size, exif_orientation(data[i])) for i in chosen])
-        probabilities[chosen] = model(batch, training=False).numpy()
+        probabilities[chosen] = forward(batch).numpy()
     columns = probability_columns(classes, (LABEL, CONFIDENCE, ERROR))
     rows = []
     for scores, problem in zip(probabilities, problems, strict=True):
