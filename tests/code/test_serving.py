@@ -25,20 +25,22 @@ def test_mlflow_still_honours_the_served_models_type_hint_switch():
 
 
 def test_requests_to_one_served_model_share_one_trace_and_score_as_the_model(shapes_folder, monkeypatch):
-    """Each request is scored through the model's traced forward pass, traced at the first request only; the
+    """Each request is scored through the model's traced forward pass, traced once as the model loads; the
     answers are the model's own probabilities for the decoded, resized images."""
     import numpy as np
 
     from tests.helpers import tiny_classifier
     from transfer.data.pipeline import load_image
     from transfer.model import features
-    from transfer.serve.serving import classify_bytes
+    from transfer.serve.serving import classify_bytes, warm_up
 
     traced = []
     real = features.compiled_forward
     monkeypatch.setattr(features, "compiled_forward", lambda model, size: traced.append(model) or real(model, size))
     model, classes = tiny_classifier(seed=3), ["triangle", "circle", "square"]
     photos = sorted((shapes_folder / "square").glob("*.png"))[:3]
+    warm_up(model, (32, 32))  # what loading the served model does
+    assert traced == [model]
     first = classify_bytes(model, classes, (32, 32), [photos[0].read_bytes()])
     second = classify_bytes(model, classes, (32, 32), [path.read_bytes() for path in photos] + [b"not an image"])
     assert traced == [model]
