@@ -24,26 +24,22 @@ def test_mlflow_still_honours_the_served_models_type_hint_switch():
     assert len(hints) == 1, hints  # Checked's; none for the served model
 
 
-def test_requests_to_one_served_model_share_one_trace_and_score_as_the_model(shapes_folder, monkeypatch):
-    """Each request is scored through the model's traced forward pass, traced once as the model loads; the
-    answers are the model's own probabilities for the decoded, resized images."""
+def test_requests_to_one_served_model_share_one_trace_and_score_as_the_model(shapes_folder):
+    """Each request is scored through the model's traced forward pass, traced once as the model loads (requests of
+    any size trace nothing more); the answers are the model's own probabilities for the decoded, resized images."""
     import numpy as np
 
     from tests.helpers import tiny_classifier
     from transfer.data.pipeline import load_image
-    from transfer.model import features
-    from transfer.serve.serving import classify_bytes, warm_up
+    from transfer.serve.serving import classify_bytes, warmed_forward
 
-    traced = []
-    real = features.compiled_forward
-    monkeypatch.setattr(features, "compiled_forward", lambda model, size: traced.append(model) or real(model, size))
     model, classes = tiny_classifier(seed=3), ["triangle", "circle", "square"]
     photos = sorted((shapes_folder / "square").glob("*.png"))[:3]
-    warm_up(model, (32, 32))  # what loading the served model does
-    assert traced == [model]
-    first = classify_bytes(model, classes, (32, 32), [photos[0].read_bytes()])
-    second = classify_bytes(model, classes, (32, 32), [path.read_bytes() for path in photos] + [b"not an image"])
-    assert traced == [model]
+    forward = warmed_forward(model, (32, 32))  # what loading the served model does
+    assert forward.experimental_get_tracing_count() == 1
+    first = classify_bytes(forward, classes, (32, 32), [photos[0].read_bytes()])
+    second = classify_bytes(forward, classes, (32, 32), [path.read_bytes() for path in photos] + [b"not an image"])
+    assert forward.experimental_get_tracing_count() == 1
     expected = model.predict(np.stack([load_image(str(path), (32, 32)).numpy() for path in photos]), verbose=0)
     np.testing.assert_allclose(second[classes].iloc[:3].to_numpy(dtype=float), expected, atol=1e-5)
     np.testing.assert_allclose(first[classes].iloc[0].to_numpy(dtype=float), expected[0], atol=1e-5)

@@ -75,8 +75,7 @@ _last_forward: tuple = (None, None, None)  # (model, input size, its traced forw
 def traced_forward(model, size: tuple[int, int]):
     """``model``'s traced forward pass at ``size``, traced once for as long as it is the model being scored: evaluate
     scores the validation photos too when it fits a temperature, and the second scoring reuses the first's trace
-    (about a second); the served photo model traces once per process. Only the latest model is kept, so at most
-    one model outlives its caller."""
+    (about a second). Only the latest model is kept, so at most one model outlives its caller."""
     global _last_forward
     from transfer.model.features import compiled_forward
 

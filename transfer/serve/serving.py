@@ -53,20 +53,27 @@ class PhotoClassifier(mlflow.pyfunc.PythonModel):
 
         self.model, self.classes = load_model(Path(context.artifacts["model"]))
         self.size = input_size(self.model)
-        warm_up(self.model, self.size)
+        self.forward = warmed_forward(self.model, self.size)
 
     def predict(self, context, model_input, params=None):
-        return classify_bytes(self.model, self.classes, self.size, _images_of(model_input))
+        return classify_bytes(self.forward, self.classes, self.size, _images_of(model_input))
 
 
-def warm_up(model, size: tuple[int, int]) -> None:
-    """Trace ``model``'s forward pass and run it once on a blank image, while the model loads: the first request
-    is then answered as fast as the next ones, not a second later."""
+def warmed_forward(model, size: tuple[int, int]):
+    """``model``'s forward pass at ``size``, traced (:func:`transfer.model.features.compiled_forward`) and run once on
+    a blank image as the served model loads, so that every request, the first one included, runs the graph.
+
+    On MobileNetV2 0.35 at 288 px (2 cores, decoding included), a request of one photo took 20 to 35 ms against 113 to
+    159 through Keras' eager call, one of 32 photos 0.33 to 0.39 s against 0.55 to 0.61; loading, 1.3 to 1.8 s
+    against 0.7 to 1.0.
+    """
     import tensorflow as tf
 
-    from transfer.serve.predict import traced_forward
+    from transfer.model.features import compiled_forward
 
-    traced_forward(model, size)(tf.zeros((1, *size, 3)))
+    forward = compiled_forward(model, size)
+    forward(tf.zeros((1, *size, 3)))
+    return forward
 
 
 def _images_of(model_input) -> list:
@@ -101,7 +108,7 @@ def image_bytes(cell) -> tuple[bytes | None, str | None]:
                   "bytes base64-encoded")
 
 
-def classify_bytes(model, classes: list[str], size: tuple[int, int], images: list):
+def classify_bytes(forward, classes: list[str], size: tuple[int, int], images: list):
     """A ``pandas.DataFrame``, one row per request cell: label, confidence, error ('' when fine) and one
     probability column per class (:func:`transfer.serve.predict.probability_columns`); a cell that gives no usable
     image has its reason in error, an empty label and None figures (``null`` in JSON, never NaN).
@@ -109,19 +116,16 @@ def classify_bytes(model, classes: list[str], size: tuple[int, int], images: lis
     Decoded and resized by :func:`transfer.data.pipeline.decode_resized`, as every image of the pipeline is, after the
     decode gate (:func:`transfer.data.images.decode_problem`) has read the size from the header, so the probabilities
     are the ones ``python -m transfer predict`` writes for the same files, and a request's memory is bounded
-    by the gate's pixel bound, one image at a time, whatever its bytes claim.
+    by the gate's pixel bound, one image at a time, whatever its bytes claim. ``forward``: the model's forward pass
+    (:func:`warmed_forward`), images in, probabilities out.
     """
     import pandas as pd
     import tensorflow as tf
 
     from transfer.data.images import decode_problem, exif_orientation
     from transfer.data.pipeline import decode_resized
-    from transfer.serve.predict import probability_columns, traced_forward
+    from transfer.serve.predict import probability_columns
 
-    # Traced once per model (by warm_up, as the served model loads), then faster than Keras' eager call: on
-    # MobileNetV2 0.35 at 288 px, a request of one photo took 20 to 25 ms against 113 to 159, of 32 photos 0.33 to
-    # 0.39 s against 0.55 to 0.61 (decoding included).
-    forward = traced_forward(model, size)
     data, problems = [], []
     for cell in images:
         encoded, problem = image_bytes(cell)
