@@ -69,19 +69,19 @@ def _scored(forward, batch, tta: bool) -> np.ndarray:
     return (scores + forward(tf.image.flip_left_right(batch)).numpy()) / 2 if tta else scores
 
 
-_last_forward: tuple = (None, None, None)  # (model, input size, its traced forward pass): see traced_forward
+_last_forward: tuple = (None, None)  # (model, its traced forward pass): see traced_forward
 
 
-def traced_forward(model, size: tuple[int, int]):
-    """``model``'s traced forward pass at ``size``, traced once for as long as it is the model being scored: evaluate
-    scores the validation photos too when it fits a temperature, and the second scoring reuses the first's trace
-    (about a second). Only the latest model is kept, so at most one model outlives its caller."""
+def traced_forward(model):
+    """``model``'s traced forward pass at its input size, traced once for as long as it is the model being scored:
+    evaluate scores the validation photos too when it fits a temperature, and the second scoring reuses the first's
+    trace (about a second). Only the latest model is kept, so at most one model outlives its caller."""
     global _last_forward
     from transfer.model.features import compiled_forward
 
-    if _last_forward[0] is not model or _last_forward[1] != size:
-        _last_forward = (model, size, compiled_forward(model, size))
-    return _last_forward[2]
+    if _last_forward[0] is not model:
+        _last_forward = (model, compiled_forward(model, input_size(model)))
+    return _last_forward[1]
 
 
 def _scored_batches(model, paths: list[str], batch_size: int, tta: bool):
@@ -99,7 +99,7 @@ def _scored_batches(model, paths: list[str], batch_size: int, tta: bool):
         return
     size = input_size(model)
     even = -(-len(paths) // -(-len(paths) // batch_size))
-    forward = traced_forward(model, size)
+    forward = traced_forward(model)
     for batch in image_dataset(paths, size, even):
         yield _scored(forward, padded(batch, even), tta)[:int(batch.shape[0])]
 
